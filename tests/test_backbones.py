@@ -263,6 +263,25 @@ class TestAudioEncoders:
         with pytest.raises(ValueError, match="no official pretrained checkpoint"):
             create_audio_encoder("logmel_cnn", pretrained="auto")
 
+    def test_logmel_cnn_keeps_frequency_drops_time(self):
+        """A sound is identified by where its energy sits on the mel axis, not by when it starts: moving a tone
+        by 16 frames (a whole pooling cell, far from the borders) leaves the embedding unchanged, moving it by 16
+        mel bands does not."""
+        torch.manual_seed(0)
+        enc = create_audio_encoder("logmel_cnn", out_dim=32).eval()
+
+        def tone(frame: int, band: int) -> torch.Tensor:
+            x = torch.zeros(1, 1, 96, 64)
+            x[..., frame : frame + 8, band : band + 4] = 3.0
+            return x
+
+        with torch.no_grad():
+            ref, later, higher = enc(tone(40, 16)), enc(tone(56, 16)), enc(tone(40, 32))
+        torch.testing.assert_close(later, ref, rtol=1e-5, atol=1e-6)
+        assert (higher - ref).norm() > 0.2 * ref.norm()
+        with pytest.raises(ValueError, match=r"\[N, 1, F, 64\]"):
+            enc(torch.randn(2, 1, 96, 48))
+
 
 def save(sd: dict, path: Path) -> Path:
     torch.save(sd, path)
