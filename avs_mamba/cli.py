@@ -153,7 +153,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_summary(record: dict[str, Any], out: Path) -> None:
     run = record.get("run", {})
-    print(f"{run.get('task')}/{run.get('name')}/seed{run.get('seed')}: best epoch {record.get('best_epoch')} (on val)")
+    best = record.get("best_epoch")  # 0-based in metrics.json; the log counts epochs from 1
+    best_text = "none" if best is None else f"epoch {best + 1} of {len(record.get('history') or [])}"
+    print(f"{run.get('task')}/{run.get('name')}/seed{run.get('seed')}: best {best_text} (chosen on val)")
     for protocol, metrics in (record.get("test") or {}).items():
         print(f"  test {protocol}: M_J {metrics.get('miou'):.4f}  M_F {metrics.get('fscore'):.4f}")
     print(f"  wall time {record.get('wall_time_s', 0):.1f} s; results in {out / 'metrics.json'}")

@@ -219,7 +219,12 @@ class _Trainer:
         seed_everything(cfg.train.seed)
         model = cfg.build_model().to(self.device)
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay
+            model.parameters(),
+            lr=cfg.train.lr,
+            betas=tuple(cfg.train.betas),
+            weight_decay=cfg.train.weight_decay,
+            # One fused kernel instead of a dozen small ops per parameter: a tenth of a smoke step on CPU.
+            fused=self.device.type in ("cpu", "cuda"),
         )
         loader_gen = torch.Generator().manual_seed(cfg.train.seed)
         ckpt = self._resume_state()
