@@ -59,6 +59,10 @@ MAX_TAG_VALUE_LENGTH = 5000
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 PROFILES = ("smoke", "paper")
+# MLflow 3 opens an experiment in its GenAI view (traces, judges) unless the experiment says it holds model training
+# runs; with this tag the UI opens on the runs table and the metric charts.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _TRUNCATION_MARK = "...[truncated; full value in params_full.json]"
 
 T = TypeVar("T")
@@ -123,7 +127,8 @@ def _client(uri: str) -> MlflowClient:
 
 
 def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created (with its artifact location) if absent, restored if deleted."""
+    """The id of experiment ``name``, created (with its artifact location and kind tag) if absent, restored if
+    deleted; an experiment made without the kind tag gets it."""
     from mlflow.exceptions import MlflowException
 
     experiment = _retry("get experiment", client.get_experiment_by_name, name)
@@ -131,7 +136,13 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
         root = artifact_root(uri)
         location = (root / name).resolve().as_uri() if root is not None else None
         try:
-            return _retry("create experiment", client.create_experiment, name, artifact_location=location)
+            return _retry(
+                "create experiment",
+                client.create_experiment,
+                name,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
         except MlflowException as err:
             if getattr(err, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -140,6 +151,10 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 raise
     if experiment.lifecycle_stage == "deleted":
         _retry("restore experiment", client.restore_experiment, experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        _retry(
+            "tag experiment", client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
     return experiment.experiment_id
 
 

@@ -125,6 +125,11 @@ def test_init_store_is_idempotent_and_sets_artifact_locations(tmp_path: Path) ->
     location = client.get_experiment(first[EXPERIMENT]).artifact_location
     assert location == (tmp_path / "results" / "mlartifacts" / EXPERIMENT).as_uri()
     assert init_store(uri, ["extra"])["extra"] not in first.values()
+    # the UI opens these experiments on their runs, not on MLflow 3's GenAI pages; an untagged one gets the tag
+    assert client.get_experiment(first[EXPERIMENT]).tags["mlflow.experimentKind"] == "custom_model_development"
+    untagged = client.create_experiment("made-elsewhere")
+    assert init_store(uri, ["made-elsewhere"]) == {"made-elsewhere": untagged}
+    assert client.get_experiment(untagged).tags["mlflow.experimentKind"] == "custom_model_development"
 
     artifact = tmp_path / "metrics.json"
     artifact.write_text("{}")
