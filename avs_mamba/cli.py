@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="parent folder of the task roots (e.g. data/synthetic)")
     p.add_argument("--seed", type=_non_negative_int, help="dataset seed (default 0)")
     p.add_argument("--image-size", type=_positive_int, help="stored frame height in px (default 64)")
-    p.add_argument("--num-classes", type=_positive_int, help="number of synthetic classes (default 8)")
+    p.add_argument("--num-classes", type=_positive_int, help="number of synthetic classes (default 4)")
     p.add_argument("--num-distractors", type=_non_negative_int, help="silent objects per clip (default 1)")
     p.add_argument("--max-sources", type=_positive_int, help="most sources in a multi-source clip (default 3)")
     p.add_argument("--temporal-hard-fraction", type=float, help="share of temporal-hard clips (default 0.25)")
