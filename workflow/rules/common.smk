@@ -84,7 +84,7 @@ def synth_task(wildcards):
 def synth_args(wildcards):
     """avs-bench synth options from config['synth']."""
     knobs = config["synth"]
-    args = f"--seed {knobs['seed']} --image-size {knobs['image_size']}"
+    args = f"--seed {knobs['seed']} --image-size {knobs['image_size']} --num-classes {knobs['num_classes']}"
     if knobs["clips_per_split"]:
         counts = ",".join(str(n) for n in knobs["clips_per_split"])
         args = f"{args} --clips-per-split {counts}"
