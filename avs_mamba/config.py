@@ -40,6 +40,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from avs_mamba.lr_schedule import LRSchedule
+
 __all__ = [
     "SIZES",
     "TASKS",
@@ -142,6 +144,9 @@ class TrainSection(_Section):
 
     optimizer: Literal["adamw"] = "adamw"  # Adam without weight decay (TPAVI) is AdamW with weight_decay 0
     lr: PositiveFloat = 2e-5
+    # Rate over the run (avs_mamba.lr_schedule): the official recipes are constant, without warm-up.
+    lr_schedule: LRSchedule = "constant"
+    warmup_steps: NonNegativeInt = 0
     weight_decay: NonNegativeFloat = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     # Training stops at whichever limit is reached first; at least one must be set.

@@ -64,6 +64,7 @@ from avs_mamba.evaluation import (
     to_device,
 )
 from avs_mamba.losses import LOSS_NAMES, LossOutput, segmentation_loss
+from avs_mamba.lr_schedule import lr_at
 from avs_mamba.modules.output import AVSOutput
 from avs_mamba.overlays import save_overlay
 
@@ -257,6 +258,7 @@ class _Trainer:
         )
         steps_per_epoch = len(train_loader)
         num_epochs = cfg.train.epochs or math.ceil(cfg.train.max_steps / steps_per_epoch)  # type: ignore[operator]
+        total_steps = min(num_epochs * steps_per_epoch, cfg.train.max_steps or num_epochs * steps_per_epoch)
         scan_backend = scan_backend_name(cfg, self.device)
 
         logger_cm: Any = contextlib.nullcontext(None)
@@ -284,7 +286,7 @@ class _Trainer:
                     wrapped = self._wrap(model)  # DDP registers only the parameters that require grad
                     trainable = now_trainable
                 t0 = time.perf_counter()
-                loss, steps = self._train_epoch(wrapped, optimizer, train_loader, epoch, step)
+                loss, steps = self._train_epoch(wrapped, optimizer, train_loader, epoch, step, total_steps)
                 step += steps
                 last = epoch == num_epochs - 1 or (cfg.train.max_steps is not None and step >= cfg.train.max_steps)
                 val = None
@@ -295,6 +297,7 @@ class _Trainer:
                     "epoch": epoch,
                     "train_loss": loss,
                     "train_steps": steps,
+                    "lr": optimizer.param_groups[0]["lr"],  # of the epoch's last step
                     "epoch_time_s": epoch_time,
                     "backbone_trainable": now_trainable,
                     "val": None if val is None else {p: metric_scalars(m) for p, m in val.items()},
@@ -355,9 +358,18 @@ class _Trainer:
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def _train_epoch(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, epoch: int, step: int
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: DataLoader,
+        epoch: int,
+        step: int,
+        total_steps: int,
     ) -> tuple[float, int]:
-        """One pass over the train split (stopping early at ``train.max_steps``); returns (mean loss, steps)."""
+        """One pass over the train split (stopping early at ``train.max_steps``); returns (mean loss, steps).
+
+        ``step`` is the number of optimizer steps taken before this epoch; the learning rate of each step comes from
+        ``train.lr_schedule`` over ``total_steps``."""
         cfg = self.config
         loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         dataset = loader.dataset
@@ -387,6 +399,9 @@ class _Trainer:
             loss.total.backward()
             if cfg.train.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            lr = lr_at(step + steps, total_steps, cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.step()
             total, steps = total + value, steps + 1
             clips += raw["frames"].shape[0] * self.ctx.world_size
@@ -477,6 +492,8 @@ class _Trainer:
         if logger is None:
             return
         values: dict[str, float] = {"train/loss": point["train_loss"], "epoch_time_s": point["epoch_time_s"]}
+        if "lr" in point:  # absent in the history of checkpoints written before schedules existed
+            values["train/lr"] = point["lr"]
         for protocol, metrics in (point["val"] or {}).items():
             values.update({f"val/{protocol}/{k}": v for k, v in metrics.items() if k in ("miou", "fscore")})
         logger.log_epoch(point["epoch"], {k: v for k, v in values.items() if math.isfinite(v)})

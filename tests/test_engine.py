@@ -160,6 +160,19 @@ def test_backbone_freeze_and_max_steps(tmp_path: Path, data_root: Path) -> None:
     assert not torch.equal(trained["head.weight"], initial["head.weight"])
 
 
+def test_lr_schedule_is_followed_step_by_step(tmp_path: Path, data_root: Path) -> None:
+    """Cosine with one warm-up step over 3 steps at lr 0.1: steps run at 0.1 (warm-up), 0.1 (p = 0), 0.05 (p = 1/2);
+    the history records the rate of each epoch's last step."""
+    config = _config(
+        tmp_path,
+        data_root,
+        train={"epochs": None, "max_steps": 3, "lr": 0.1, "lr_schedule": "cosine", "warmup_steps": 1},
+    )
+    record = train(config, tmp_path / "run", tracking=False, progress=False, cost=())
+    assert [h["train_steps"] for h in record["history"]] == [2, 1]
+    assert [h["lr"] for h in record["history"]] == pytest.approx([0.1, 0.05])
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(
     tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,6 @@ from typing import Literal
 
 import numpy as np
 import scipy.io.wavfile
-import scipy.signal
 import torch
 
 __all__ = [
@@ -171,6 +170,8 @@ def waveform_to_examples(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if sample_rate != SAMPLE_RATE:
         g = math.gcd(int(sample_rate), SAMPLE_RATE)
+        import scipy.signal  # ~1 s to import; only non-16 kHz files need it
+
         data = scipy.signal.resample_poly(data, SAMPLE_RATE // g, int(sample_rate) // g)
     log_mel = log_mel_spectrogram(data, SAMPLE_RATE)
     hop = int(round(EXAMPLE_HOP_SECONDS / STFT_HOP_SECONDS))

@@ -228,17 +228,17 @@ class MultiDirectionScan(nn.Module):
 
     def _merge(self, y: Tensor, layout: SeqLayout, need_visual: bool) -> tuple[list[Tensor] | None, Tensor | None]:
         """(B, K, E, L) scan outputs -> summed scales and tokens, undoing each direction's reversal and order."""
+        # unbind, not y[:, k]: the backward of K selects would zero-fill K full-size (B, K, E, L) gradients.
         if not need_visual:
             token_out = None
-            for k, d in enumerate(self.directions):
-                t = y[:, k, :, layout.token_slice]
+            for d, t in zip(self.directions, y[..., layout.token_slice].unbind(1), strict=True):
                 t = t.flip(-1) if d.reverse else t
                 token_out = t if token_out is None else token_out + t
             return None, token_out
         # Forward + un-reversed outputs of one order add up in sequence space, so each order is un-permuted once.
         per_order: dict[str, Tensor] = {}
-        for k, d in enumerate(self.directions):
-            yk = reverse_sequence(y[:, k], layout) if d.reverse else y[:, k]
+        for d, yk in zip(self.directions, y.unbind(1), strict=True):
+            yk = reverse_sequence(yk, layout) if d.reverse else yk
             per_order[d.order] = per_order[d.order] + yk if d.order in per_order else yk
         visual: list[Tensor] | None = None
         token_out = None
