@@ -258,7 +258,9 @@ class _Trainer:
         )
         steps_per_epoch = len(train_loader)
         num_epochs = cfg.train.epochs or math.ceil(cfg.train.max_steps / steps_per_epoch)  # type: ignore[operator]
-        total_steps = min(num_epochs * steps_per_epoch, cfg.train.max_steps or num_epochs * steps_per_epoch)
+        total_steps = num_epochs * steps_per_epoch  # the length of the lr schedule
+        if cfg.train.max_steps is not None:
+            total_steps = min(total_steps, cfg.train.max_steps)
         scan_backend = scan_backend_name(cfg, self.device)
 
         logger_cm: Any = contextlib.nullcontext(None)
