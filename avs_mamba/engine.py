@@ -493,9 +493,11 @@ class _Trainer:
     def _log_epoch(logger: Any, point: Mapping[str, Any]) -> None:
         if logger is None:
             return
-        values: dict[str, float] = {"train/loss": point["train_loss"], "epoch_time_s": point["epoch_time_s"]}
-        if "lr" in point:  # absent in the history of checkpoints written before schedules existed
-            values["train/lr"] = point["lr"]
+        values: dict[str, float] = {
+            "train/loss": point["train_loss"],
+            "train/lr": point["lr"],
+            "epoch_time_s": point["epoch_time_s"],
+        }
         for protocol, metrics in (point["val"] or {}).items():
             values.update({f"val/{protocol}/{k}": v for k, v in metrics.items() if k in ("miou", "fscore")})
         logger.log_epoch(point["epoch"], {k: v for k, v in values.items() if math.isfinite(v)})
