@@ -24,7 +24,7 @@ TASKS = ("s4", "ms3", "avss")
 SIZES = ("smoke", "paper")
 PROTOCOLS = ("official", "clean")
 MEASUREMENTS = ("params", "flops", "memory", "latency")  # avs_mamba.profiling.MEASUREMENTS
-COST_MEASURES = ("params", "flops", "latency")  # avs_mamba.engine.COST_MEASURES
+COST_MEASURES = ("params", "flops", "memory", "latency")  # avs_mamba.engine.COST_MEASURES
 SYNTH_KINDS = ("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2")
 
 
@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cost",
         choices=(*MEASUREMENTS, "none"),
         action="append",
-        help="cost measurements recorded in metrics.json (repeatable; default: params, flops, latency; none: skip)",
+        help="cost measurements recorded in metrics.json (repeatable; default: params, flops, memory (peaks of the "
+        "run's own training and evaluation), latency; none: skip)",
     )
     p.set_defaults(handler=_cmd_train)
 

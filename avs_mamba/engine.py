@@ -15,6 +15,10 @@ One call, :func:`train`, runs a whole job from a resolved :class:`~avs_mamba.con
   and resolved config. Re-running the same command resumes from it and ends with the same metrics as an uninterrupted
   run: the RNG states captured after each epoch are restored at the start of the next in both cases, the train order
   depends only on (seed, epoch), and augmentation only on (seed, epoch, clip). A finished run only reports.
+* Cost (``metrics.json`` ``cost``, MLflow ``cost/*``): params, FLOPs and latency at one clip of the run's input
+  shape from :mod:`avs_mamba.profiling`, and the peak memory of the run's own training steps and evaluation passes
+  (``peak_mem_train_mb``, ``peak_mem_infer_mb``) by :class:`avs_mamba.memory.PeakMemory`, the profiler's method:
+  the CUDA allocator's peaks, or on CPU the process's peak RSS growth plus the tensors held at each phase's start.
 * Under ``torchrun`` the same code runs DDP (DistributedSampler for train and eval; metric states of all ranks are
   gathered with their dataset indices, so the merged result equals a single-process evaluation); rank 0 alone writes
   files and MLflow records.
@@ -65,14 +69,21 @@ from avs_mamba.evaluation import (
 )
 from avs_mamba.losses import LOSS_NAMES, LossOutput, segmentation_loss
 from avs_mamba.lr_schedule import lr_at
+from avs_mamba.memory import PeakMemory, model_tensors
 from avs_mamba.modules.output import AVSOutput
 from avs_mamba.overlays import save_overlay
 
 __all__ = ["METRICS_FILE", "COST_MEASURES", "TrainingDivergedError", "compute_loss", "train", "evaluate_run"]
 
 METRICS_FILE = "metrics.json"
-# What metrics.json's "cost" measures at the run's input shape (memory is left to `avs-bench profile`).
-COST_MEASURES = ("params", "flops", "latency")
+# What metrics.json's "cost" measures: params, FLOPs and latency at the run's input shape (one clip, by
+# avs_mamba.profiling), and memory as the peaks of the run's own training steps and evaluation passes.
+COST_MEASURES = ("params", "flops", "memory", "latency")
+# The scope of a run's memory figures, after the method of avs_mamba.memory (a profile names its own).
+MEMORY_SCOPE = (
+    "run: train = its training steps (batch train.batch_size: loading, forward, loss, backward, AdamW), infer = its "
+    "validation and test passes (batch eval.batch_size), each the maximum over the run's repeats"
+)
 _CKPT_VERSION = 1
 
 
@@ -158,6 +169,13 @@ class _Trainer:
         self.config_hash = config.config_hash()
         self.protocol = _selection_protocol(list(config.eval.protocols))
         self.num_frames = int(config.data.num_frames or 0)
+        self.memory: PeakMemory | None = None  # per-phase peaks (rank 0), when "memory" is among the cost measures
+        self.memory_error: str | None = None
+        self._held: Any = None  # the tensors a phase starts with: model, gradients, optimizer state
+
+    def _phase(self, name: str) -> Any:
+        """Context measuring the body as memory phase ``name`` ("train", "infer"); a no-op when not measured."""
+        return contextlib.nullcontext() if self.memory is None else self.memory.phase(name, held=self._held)
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
@@ -228,6 +246,12 @@ class _Trainer:
             fused=self.device.type in ("cpu", "cuda"),
         )
         loader_gen = torch.Generator().manual_seed(cfg.train.seed)
+        if "memory" in self.cost_measures and self.ctx.is_main:
+            try:
+                self.memory = PeakMemory(self.device)
+            except RuntimeError as err:  # no way to read the RSS here: the cost block says so
+                self.memory_error = f"memory: {err}"
+            self._held = lambda: model_tensors(model, optimizer)
         ckpt = self._resume_state()
         start_epoch, step, elapsed = 0, 0, 0.0
         history: list[dict[str, Any]] = []
@@ -238,6 +262,8 @@ class _Trainer:
             optimizer.load_state_dict(ckpt["optimizer"])
             start_epoch, step, elapsed = ckpt["epoch"] + 1, ckpt["step"], float(ckpt["elapsed_s"])
             history, best, rng = list(ckpt["history"]), dict(ckpt["best"]), ckpt["rng"]
+            if self.memory is not None:
+                self.memory.merge(ckpt.get("memory"))  # the peaks of the earlier segments
             self._log(f"resuming {self.out} after epoch {ckpt['epoch']} (step {step})")
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -288,12 +314,14 @@ class _Trainer:
                     wrapped = self._wrap(model)  # DDP registers only the parameters that require grad
                     trainable = now_trainable
                 t0 = time.perf_counter()
-                loss, steps = self._train_epoch(wrapped, optimizer, train_loader, epoch, step, total_steps)
+                with self._phase("train"):
+                    loss, steps = self._train_epoch(wrapped, optimizer, train_loader, epoch, step, total_steps)
                 step += steps
                 last = epoch == num_epochs - 1 or (cfg.train.max_steps is not None and step >= cfg.train.max_steps)
                 val = None
                 if last or (epoch >= cfg.train.eval_from_epoch and (epoch + 1) % cfg.train.eval_every == 0):
-                    val = self._evaluate(model, val_set)
+                    with self._phase("infer"):
+                        val = self._evaluate(model, val_set)
                 epoch_time = time.perf_counter() - t0
                 point = {
                     "epoch": epoch,
@@ -333,6 +361,7 @@ class _Trainer:
                             "best": best,
                             "history": history,
                             "elapsed_s": elapsed_now,
+                            "memory": None if self.memory is None else self.memory.record(),
                             "config": cfg.to_dict(),
                             "config_hash": self.config_hash,
                         },
@@ -452,11 +481,14 @@ class _Trainer:
         barrier(self.ctx)  # rank 0 wrote best.pt
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         test_set = build_split(cfg, "test")
-        test = self._evaluate(model, test_set)
+        with self._phase("infer"):
+            test = self._evaluate(model, test_set)
         cost: dict[str, Any] | None = None
         if self.ctx.is_main:
             self._overlays(model, test_set)
             cost = _cost(model, cfg, self.device, self.cost_measures) if self.cost_measures else None
+            if cost is not None and "memory" in self.cost_measures:
+                self._memory_cost(cost)
         return {
             "run": self._run_info(),
             "status": "finished",
@@ -474,6 +506,16 @@ class _Trainer:
             "torch_version": torch.__version__,
             "config": cfg.to_dict(),
         }
+
+    def _memory_cost(self, cost: dict[str, Any]) -> None:
+        """Put the run's own peaks (and their method) into the cost block, "memory" into its ``measured``."""
+        from avs_mamba.profiling import MEASUREMENTS
+
+        if self.memory is not None:
+            cost.update(self.memory.record(), memory_method=f"{self.memory.method}; {MEMORY_SCOPE}")
+        errors = [e for e in (cost.get("error"), self.memory_error) if e]
+        cost["error"] = "; ".join(errors) or None
+        cost["measured"] = [m for m in MEASUREMENTS if m in {*cost["measured"], "memory"}]
 
     @torch.no_grad()
     def _overlays(self, model: nn.Module, test_set: Dataset) -> None:
@@ -527,7 +569,8 @@ def _progress(loader: DataLoader, *, enabled: bool, desc: str) -> Any:
 
 
 def _cost(model: nn.Module, config: ExperimentConfig, device: torch.device, measure: Sequence[str]) -> dict[str, Any]:
-    """Params, FLOPs and latency at the run's input shape (one clip), from :mod:`avs_mamba.profiling`."""
+    """Params, FLOPs and latency at the run's input shape (one clip), from :mod:`avs_mamba.profiling`; memory is
+    not measured there but in the run's own phases (``_Trainer._memory_cost``)."""
     from avs_mamba.profiling import profile_model
 
     return profile_model(
@@ -536,7 +579,7 @@ def _cost(model: nn.Module, config: ExperimentConfig, device: torch.device, meas
         frames=int(config.data.num_frames or 0),
         image_size=config.data.image_size,
         device=str(device),
-        measure=tuple(measure),
+        measure=tuple(m for m in measure if m != "memory"),
         warmup=1,
         repeats=3,
         model_name=config.model.name,
@@ -559,7 +602,8 @@ def train(
 
     Returns the ``metrics.json`` record: ``run`` {name, variant, model, task, profile, seed, config_hash},
     ``test`` {protocol: metrics}, ``best_val`` {protocol: scalars}, ``best_epoch``, ``history`` (per epoch:
-    train_loss, val, epoch_time_s, ...), ``cost``, ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``,
+    train_loss, val, epoch_time_s, ...), ``cost`` (the profile keys of :mod:`avs_mamba.profiling`, memory from
+    this run's own phases), ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``,
     ``torch_version``, ``config`` (resolved). Under ``torchrun`` every rank returns it; rank 0 writes it.
 
     Raises:

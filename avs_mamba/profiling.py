@@ -19,13 +19,14 @@ Protocol (one per measurement, DESIGN §8):
   that is not in ``ZERO_COST_OPS``; it must be empty.
 * **memory**: the peak during one inference forward (eval, ``inference_mode``) and during one training step
   (train mode, forward, a scalar surrogate loss ``sum(mean(output))`` over all outputs, backward, AdamW step), each
-  after one unmeasured warm-up step. CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``
-  (includes the model, its inputs and the optimizer state). CPU: run in a fresh subprocess (the model travels
-  pickled); the peak resident-set growth during the step (``VmHWM`` after resetting it through
-  ``/proc/self/clear_refs``, minus ``VmRSS`` before; ``ru_maxrss`` where /proc is absent) plus the bytes of the
-  tensors held at the step's start (parameters, buffers, inputs, optimizer state), so that the figure means what
-  the CUDA one means; glibc is told to return freed blocks (``MALLOC_MMAP_THRESHOLD_``), so the RSS tracks live
-  memory. ``memory_method`` records which method produced the numbers.
+  after one unmeasured warm-up step, by :class:`avs_mamba.memory.PeakMemory`, the method a training run uses for its
+  own phases (so ``peak_mem_{infer,train}_mb`` mean the same in a profile and in a run's ``metrics.json``). CUDA:
+  ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (includes the model, its inputs and the
+  optimizer state; ``max_memory_reserved`` beside it). CPU: in a fresh subprocess (the model travels pickled), the
+  peak resident-set growth during the step (kernel high-water mark reset at its start) plus the bytes of the
+  tensors held at its start (parameters, buffers, inputs, optimizer state); glibc is told to return freed blocks
+  (``MALLOC_MMAP_THRESHOLD_``), so the RSS tracks live memory. ``memory_method`` records which method produced
+  the numbers.
 * **latency**: eval mode, ``torch.inference_mode``, ``warmup`` untimed forwards, then ``repeats`` timed forwards,
   each between two device syncs read with ``time.perf_counter``; median and inter-quartile range in ms, and
   ``fps = batch * frames / median_s`` (frames per second, not clips).
@@ -38,10 +39,8 @@ Inputs are AVS-shaped: frames ``[B, T, 3, S, S]`` and VGGish log-mel audio ``[B,
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from avs_mamba.memory import PeakMemory, model_tensors
 from avs_mamba.modules.output import AVSOutput
 from avs_mamba.ops.flops import add_fvcore_handles
 
@@ -88,6 +88,8 @@ PROFILE_KEYS = (
     "unsupported_ops",
     "peak_mem_infer_mb",
     "peak_mem_train_mb",
+    "peak_mem_infer_reserved_mb",
+    "peak_mem_train_reserved_mb",
     "memory_method",
     "latency_ms_median",
     "latency_ms_iqr",
@@ -177,6 +179,8 @@ ZERO_COST_OPS: tuple[str, ...] = (
 SCAN_OP = "avs::selective_scan"  # the registered op every selective scan goes through (avs_mamba.ops)
 AUDIO_SHAPE = (1, 96, 64)  # one VGGish log-mel example per frame
 MEMORY_TIMEOUT_S = 3600
+# Where the profiler's peaks come from; a training run's own (avs_mamba.engine) names its phases instead.
+PROFILE_SCOPE = "profile: one inference forward and one training step (surrogate loss, AdamW), each after a warm-up"
 # glibc: serve blocks >= 128 KiB by mmap and give freed memory back, so the child's RSS follows live memory.
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
@@ -353,67 +357,26 @@ def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6)
 
 
-def _tensor_bytes(tensors: Iterable[Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors``."""
-    storages: dict[int, int] = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
-
-
-def _held_tensors(model: nn.Module, inputs: Sequence[Tensor], optimizer: torch.optim.Optimizer | None = None):
-    yield from model.parameters()
-    yield from model.buffers()
-    yield from inputs
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            yield from (v for v in state.values() if isinstance(v, Tensor))
-
-
-def _status_kb(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field} line")
-    return int(match.group(1))
-
-
-def _rss_growth_bytes(step: Callable[[], None]) -> tuple[int, str]:
-    """Peak resident-set growth of this process while ``step`` runs, and the method used."""
-    gc.collect()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        import resource
-
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        step()
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-        return max(after - before, 0) * unit, "growth of ru_maxrss (peak RSS) over the process's earlier peak"
-    before = _status_kb("VmRSS")
-    step()
-    return max(_status_kb("VmHWM") - before, 0) * 1024, "VmHWM (reset via /proc/self/clear_refs) minus VmRSS"
-
-
 def _cpu_memory(model: nn.Module, inputs: Sequence[Tensor]) -> dict[str, Any]:
     """Inference and training-step peaks in this process (the subprocess side of ``_memory_cpu``)."""
     result: dict[str, Any] = {"infer_mb": None, "train_mb": None, "method": None, "errors": []}
+    tracker = PeakMemory("cpu")
+    result["method"] = tracker.method
     model.eval()
     try:
         _infer_step(model, inputs)  # warm-up: lazy initialisation, compiled kernels loaded
-        growth, method = _rss_growth_bytes(lambda: _infer_step(model, inputs))
-        result["infer_mb"] = (_tensor_bytes(_held_tensors(model, inputs)) + growth) / 2**20
-        result["method"] = method
+        with tracker.phase("infer", held=lambda: model_tensors(model, inputs=inputs)):
+            _infer_step(model, inputs)
+        result["infer_mb"] = tracker.peaks["infer"]
     except Exception as err:  # one failed measurement becomes an error string
         result["errors"].append(f"memory (inference): {type(err).__name__}: {err}")
     model.train()
     try:
         optimizer = _optimizer(model)
         _train_step(model, optimizer, inputs)  # warm-up: creates the optimizer state
-        growth, method = _rss_growth_bytes(lambda: _train_step(model, optimizer, inputs))
-        result["train_mb"] = (_tensor_bytes(_held_tensors(model, inputs, optimizer)) + growth) / 2**20
-        result["method"] = method
+        with tracker.phase("train", held=lambda: model_tensors(model, optimizer, inputs)):
+            _train_step(model, optimizer, inputs)
+        result["train_mb"] = tracker.peaks["train"]
     except Exception as err:
         result["errors"].append(f"memory (training step): {type(err).__name__}: {err}")
     return result
@@ -443,38 +406,33 @@ def _memory_cpu(model: nn.Module, batch: int, frames: int, image_size: int) -> d
         tail = proc.stderr.strip().splitlines()[-3:]
         raise RuntimeError(f"the memory subprocess failed (exit {proc.returncode}): {' | '.join(tail)}")
     result = json.loads(lines[-1])
-    result["method"] = (
-        f"cpu, fresh subprocess: peak RSS growth during the step ({result['method']}) + bytes of the tensors held "
-        "at its start (parameters, buffers, inputs, optimizer state); one warm-up step first"
-    )
+    result["method"] = f"{result['method']}; {PROFILE_SCOPE}, in a fresh subprocess"
     return result
 
 
 def _memory_cuda(model: nn.Module, inputs: Sequence[Tensor], device: torch.device) -> dict[str, Any]:
     """Inference and training-step peaks from the CUDA caching allocator; the weights are restored afterwards."""
     result: dict[str, Any] = {"infer_mb": None, "train_mb": None, "errors": []}
-    result["method"] = "cuda: torch.cuda.max_memory_allocated after reset_peak_memory_stats; one warm-up step first"
+    tracker = PeakMemory(device)
+    result["method"] = f"{tracker.method}; {PROFILE_SCOPE}"
 
-    def peak(step: Callable[[], None]) -> float:
-        step()
-        _sync(device)
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
+    def peak(phase: str, step: Callable[[], None]) -> float:
+        step()  # warm-up
+        with tracker.phase(phase):
+            step()
+        result[f"{phase}_reserved_mb"] = tracker.reserved[phase]
+        return tracker.peaks[phase]
 
     model.eval()
     try:
-        result["infer_mb"] = peak(lambda: _infer_step(model, inputs))
+        result["infer_mb"] = peak("infer", lambda: _infer_step(model, inputs))
     except Exception as err:
         result["errors"].append(f"memory (inference): {type(err).__name__}: {err}")
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     model.train()
     try:
         optimizer = _optimizer(model)
-        result["train_mb"] = peak(lambda: _train_step(model, optimizer, inputs))
+        result["train_mb"] = peak("train", lambda: _train_step(model, optimizer, inputs))
     except Exception as err:
         result["errors"].append(f"memory (training step): {type(err).__name__}: {err}")
     finally:
@@ -639,6 +597,8 @@ def _rename_memory(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "peak_mem_infer_mb": result["infer_mb"],
         "peak_mem_train_mb": result["train_mb"],
+        "peak_mem_infer_reserved_mb": result.get("infer_reserved_mb"),
+        "peak_mem_train_reserved_mb": result.get("train_reserved_mb"),
         "memory_method": result["method"],
         "errors": result["errors"],
     }
