@@ -58,6 +58,7 @@ def _write_run(
     model: str = "avs_mamba",
     variant: str | None = None,
     overlays: tuple[str, ...] = ("clip_a", "clip_b"),
+    cost: dict[str, Any] | None = None,
     **switches: Any,
 ) -> Path:
     """A metrics.json shaped like the engine's, in results/runs/smoke/{task}/{name}/seed{seed}/."""
@@ -81,9 +82,15 @@ def _write_run(
         "best_val": {"miou": miou},
         "best_epoch": 1,
         "history": [],
-        "cost": {},
+        "cost": cost or {},
         "wall_time_s": 1.0,
-        "config": {"name": name, "variant": variant or name, "model": config_model},
+        "config": {
+            "name": name,
+            "variant": variant or name,
+            "model": config_model,
+            "train": {"batch_size": 2},
+            "eval": {"batch_size": 4},
+        },
     }
     (run_dir / "metrics.json").write_text(json.dumps(record))
     (run_dir / "overlays").mkdir()
@@ -161,6 +168,54 @@ class TestAblationTable:
         assert row["delta"] == pytest.approx(-11.0)
         assert row["n_seeds"] == 2
 
+    def test_cost_columns_from_the_runs_own_records(self, tmp_path: Path) -> None:
+        """Params, GFLOPs and both memory peaks per variant (mean over seeds), Δ in the CSV, method footnoted."""
+        root = tmp_path / "runs"
+
+        def cost(params: float, train_mb: float, infer_mb: float) -> dict[str, Any]:
+            shape = {"batch": 1, "frames": 5, "image_size": 64}
+            method = "cpu: peak RSS growth; run: train = its training steps"
+            return {"params_total": params, "gflops_fvcore": 0.25, **shape, "memory_method": method} | {
+                "peak_mem_train_mb": train_mb,
+                "peak_mem_infer_mb": infer_mb,
+            }
+
+        paths = [
+            _write_run(root, "full", 0, 0.70, 0.80, cost=cost(1.5e6, 200.0, 100.0)),
+            _write_run(root, "full", 1, 0.74, 0.82, cost=cost(1.5e6, 210.0, 102.0)),
+            _write_run(root, "no_tmb", 0, 0.60, 0.75, cost=cost(1.2e6, 150.0, 90.0), mte__tmb=False),
+            _write_run(root, "no_tmb", 1, 0.62, 0.79, cost=cost(1.2e6, 160.0, None), mte__tmb=False),
+        ]
+        table = ablation_table(load_runs(paths))
+        full, no_tmb = _row(table, "full"), _row(table, "no_tmb")
+        assert list(table.display.columns[-4:]) == [
+            "S4 params (M)",
+            "S4 GFLOPs",
+            "S4 train mem (MB)",
+            "S4 infer mem (MB)",
+        ]
+        assert (full["S4 params (M)"], full["S4 GFLOPs"], full["S4 train mem (MB)"], full["S4 infer mem (MB)"]) == (
+            "1.50",
+            "0.25",
+            "205",
+            "101",
+        )
+        assert (no_tmb["S4 params (M)"], no_tmb["S4 train mem (MB)"], no_tmb["S4 infer mem (MB)"]) == (
+            "1.20",
+            "155",
+            "90",  # the seed without a figure is left out, not counted as 0
+        )
+        data = table.data
+        row = data[(data["variant"] == "no_tmb") & (data["metric"] == "peak_mem_train_mb")].iloc[0]
+        assert (row["mean"], row["delta"], row["n_seeds"]) == (155.0, -50.0, 2)
+        assert row["std"] == pytest.approx(math.sqrt(50.0))
+        assert data[(data["variant"] == "no_tmb") & (data["metric"] == "peak_mem_infer_mb")].iloc[0]["n_seeds"] == 1
+        note = table.footnotes[-1]
+        assert "1×5×3×64²" in note and "train/eval batch 2/4" in note and "cpu: peak RSS growth" in note
+
+        plain = ablation_table(load_runs([_write_run(tmp_path / "plain", "full", 0, 0.7, 0.8)]))
+        assert not any("mem" in c for c in plain.display.columns), "no cost recorded: no cost columns"
+
     def test_clean_protocol_is_a_parameter(self, ablation_runs: list[Path]) -> None:
         table = ablation_table(load_runs(ablation_runs), protocol="clean")
         assert _row(table, "full")["S4 M_J"] == "71.0 ± 2.8"
@@ -217,6 +272,27 @@ class TestComparisonTable:
         assert any("78.6" in note for note in table.footnotes), "the MS3 M_F conflict is footnoted"
         aves_pub = published[published["method"].str.startswith("AVESFormer")].iloc[0]
         assert aves_pub["S4 M_J"] == "79.90" and aves_pub["S4 M_F"] == "–"
+
+    def test_cost_columns_for_reproduced_rows_only(self, tmp_path: Path) -> None:
+        measured = {"params_total": 2e6, "gflops_fvcore": 1.0, "peak_mem_train_mb": 300.0, "peak_mem_infer_mb": 80.0}
+        paths = [
+            _write_run(tmp_path, "full", 0, 0.70, 0.80, cost=measured),
+            _write_run(tmp_path, "tpavi", 0, 0.5, 0.6, model="tpavi", cost={**measured, "peak_mem_train_mb": 500.0}),
+        ]
+        table = comparison_table(load_runs(paths))
+        assert list(table.display.columns[-5:]) == [
+            "S4 params (M)",
+            "S4 GFLOPs",
+            "S4 train mem (MB)",
+            "S4 infer mem (MB)",
+            "source",
+        ]
+        reproduced, published = table.display.iloc[: table.rules[0]], table.display.iloc[table.rules[0] :]
+        assert list(reproduced["S4 train mem (MB)"]) == ["300", "500"]
+        assert set(published["S4 train mem (MB)"]) == {"–"} and set(published["S4 params (M)"]) == {"–"}
+        rows = table.data[table.data["metric"] == "peak_mem_infer_mb"]
+        assert list(rows["name"]) == ["full", "tpavi"] and list(rows["value"]) == [80.0, 80.0]
+        assert "Cost columns: the S4 runs" in table.footnotes[-1]
 
     def test_latex_uses_booktabs_and_separates_blocks(self, tmp_path: Path) -> None:
         paths = [_write_run(tmp_path, "full", 0, 0.70, 0.80), _write_run(tmp_path, "tpavi", 0, 0.5, 0.6, model="tpavi")]

@@ -16,7 +16,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -335,6 +335,66 @@ def _seed_stats(runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Cost columns of the ablation and comparison tables, from each run's own metrics.json "cost" block:
+# (record key, column, CSV metric, scale, digits).
+RUN_COSTS = (
+    ("params_total", "params (M)", "params_m", 1e-6, 2),
+    ("gflops_fvcore", "GFLOPs", "gflops", 1.0, 2),
+    ("peak_mem_train_mb", "train mem (MB)", "peak_mem_train_mb", 1.0, 0),
+    ("peak_mem_infer_mb", "infer mem (MB)", "peak_mem_infer_mb", 1.0, 0),
+)
+CostStats = dict[tuple[str, str], dict[str, tuple[float, float, int]]]
+
+
+def _run_costs(runs: pd.DataFrame) -> tuple[str | None, CostStats]:
+    """The task whose costs the display shows (the first with a cost recorded; None: no run has one) and, per
+    (name, task), mean / std / n over seeds of each ``RUN_COSTS`` figure in its column's unit."""
+    stats: CostStats = {}
+    for (name, task), group in runs.groupby(["name", "task"], sort=False):
+        stats[(name, task)] = {
+            key: mean_std([_float(cost.get(key)) * scale for cost in group["cost"]])
+            for key, _, _, scale, _ in RUN_COSTS
+        }
+    measured = {task for (_, task), figures in stats.items() if any(n for _, _, n in figures.values())}
+    return next((t for t in _ordered_tasks(runs["task"]) if t in measured), None), stats
+
+
+def _cost_columns(task: str | None) -> list[str]:
+    """``S4 params (M)``, ...: the display columns of the costs of ``task``; none when no cost was recorded."""
+    return [f"{TASK_LABELS[task]} {column}" for _, column, *_ in RUN_COSTS] if task else []
+
+
+def _cost_cells(stats: CostStats, name: str, task: str) -> list[str]:
+    figures = stats.get((name, task), {})
+    return [_number(figures.get(key, (math.nan,))[0], digits) for key, _, _, _, digits in RUN_COSTS]
+
+
+def _cost_rows(stats: CostStats, name: str, task: str) -> Iterator[tuple[str, float, float, int]]:
+    """(CSV metric, mean, std, n) of each cost figure measured for one (name, task)."""
+    for key, _, metric, _, _ in RUN_COSTS:
+        mean, std, n = stats.get((name, task), {}).get(key, (math.nan, math.nan, 0))
+        if n:
+            yield metric, mean, std, n
+
+
+def _cost_note(runs: pd.DataFrame, task: str) -> str:
+    """What the cost columns show: which task's runs, the FLOP counter and input shape, memory phases and method."""
+    group = runs[runs["task"] == task]
+    costs = [c for c in group["cost"] if c]
+    counted = [c for c in costs if _finite(c.get("gflops_fvcore"))]
+    shapes = ", ".join(sorted({f"{c.get('batch')}×{c.get('frames')}×3×{c.get('image_size')}²" for c in counted}))
+    batches = sorted(
+        {f"{cfg.get('train', {}).get('batch_size')}/{cfg.get('eval', {}).get('batch_size')}" for cfg in group["config"]}
+    )
+    methods = sorted({c["memory_method"] for c in costs if c.get("memory_method")})
+    return (
+        f"Cost columns: the {TASK_LABELS[task]} runs' own cost records (metrics.json), mean over seeds. GFLOPs: "
+        f"fvcore, one fused multiply-add = one FLOP, per forward of one clip ({shapes or 'not counted'}). Memory "
+        f"(MiB): peak of each run's training steps and of its validation and test passes (train/eval batch "
+        f"{', '.join(batches)}), measured by " + ("; ".join(methods) if methods else "nothing (not recorded)") + "."
+    )
+
+
 def comparison_table(
     runs: pd.DataFrame,
     published: pd.DataFrame | None = None,
@@ -359,7 +419,10 @@ def comparison_table(
     method_names = {name: MODEL_LABELS.get(info.loc[name, "model"], name) for name in info.index}
     wanted = set(methods) if methods is not None else set(method_names.values())
     published = published[published["method"].str.rstrip("*").isin(wanted)]
-    columns = ["method", "backbone"] + [f"{TASK_LABELS[t]} {m}" for t in tasks for _, m in METRICS] + ["source"]
+    cost_task, costs = _run_costs(runs)
+    cost_columns = _cost_columns(cost_task)
+    columns = ["method", "backbone"] + [f"{TASK_LABELS[t]} {m}" for t in tasks for _, m in METRICS]
+    columns += [*cost_columns, "source"]
     display, data, footnotes = [], [], []
     marks: dict[str, str] = {}
 
@@ -397,6 +460,24 @@ def comparison_table(
                     )
                 else:
                     cells.append(MISSING)
+        cells += _cost_cells(costs, name, cost_task) if cost_task else []
+        for task in mine.index:  # the CSV keeps every task's costs
+            for metric, mean, std, n in _cost_rows(costs, name, task):
+                data.append(
+                    {
+                        "kind": "reproduced",
+                        "method": method_names[name],
+                        "name": name,
+                        "backbone": backbone,
+                        "task": task,
+                        "metric": metric,
+                        "value": mean,
+                        "std": std,
+                        "n_seeds": n,
+                        "protocol": "",
+                        "source": _profile_note(group),
+                    }
+                )
         display.append([method, backbone, *cells, _profile_note(group)])
     first_published = len(display)
     for (method, backbone), group in published.groupby(["method", "backbone"], sort=False):
@@ -426,11 +507,14 @@ def comparison_table(
         for note in dict.fromkeys(n for n in group["note"] if n):
             method += mark(f"{method.rstrip('†‡§¶')} ({backbone}): {note}.")
         inputs = sorted(set(group["input"]))
+        cells += [MISSING] * len(cost_columns)  # published costs are not comparable to measured ones
         display.append([method, f"{backbone} / {','.join(inputs)}", *cells, source])
     caption = (
         f"Main comparison on AVSBench: M_J (Jaccard) and M_F (F-score, β² = 0.3) ×100, {protocol} protocol. "
         "Reproduced rows: mean ± sample std over seeds. Published rows: the numbers reported by the cited source."
     )
+    if cost_task:
+        footnotes.append(_cost_note(runs, cost_task))
     return Table(
         "comparison",
         caption,
@@ -481,6 +565,8 @@ def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference:
     columns = ["variant", *shown]
     for task in tasks:
         columns += [f"{TASK_LABELS[task]} {m}" for _, m in METRICS] + [f"{TASK_LABELS[task]} Δ{m}" for _, m in METRICS]
+    cost_task, costs = _run_costs(runs)
+    columns += _cost_columns(cost_task)
     display, data = [], []
     for name in names:
         row: list[str] = [name, *(_symbol(comps[name][c]) for c in shown)]
@@ -509,6 +595,23 @@ def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference:
                         }
                     )
             row += deltas
+        row += _cost_cells(costs, name, cost_task) if cost_task else []
+        for task in tasks:  # the CSV keeps every task's costs, Δ against the reference's
+            ref_costs = {m: v for m, v, _, _ in _cost_rows(costs, ref_name, task)}
+            for metric, mean, std, n in _cost_rows(costs, name, task):
+                data.append(
+                    {
+                        "variant": name,
+                        **{c: comps[name][c] for c in shown},
+                        "task": task,
+                        "metric": metric,
+                        "mean": mean,
+                        "std": std,
+                        "n_seeds": n,
+                        "delta": mean - ref_costs.get(metric, math.nan),
+                        "protocol": "",
+                    }
+                )
         display.append(row)
     caption = (
         f"AVS-Mamba ablations ({_profile_note(runs)}): M_J / M_F ×100, {protocol} protocol, mean ± sample std over "
@@ -518,6 +621,8 @@ def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference:
         "MTE-TMB: Temporal Mamba Block of the encoder; V2A frame / temporal: frame- and temporal-level vision-to-audio "
         "blocks of the decoder; CIP: Contextual Integration Pyramid (✗ = plain FPN)."
     ]
+    if cost_task:
+        footnotes.append(_cost_note(runs, cost_task))
     return Table("ablation", caption, pd.DataFrame(display, columns=columns), pd.DataFrame(data), footnotes)
 
 
