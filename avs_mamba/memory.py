@@ -147,7 +147,7 @@ class _Sampler(threading.Thread):
     def __init__(self, read: Callable[[], int], interval: float) -> None:
         super().__init__(name="avs-bench-rss-sampler", daemon=True)
         self.read, self.interval = read, interval
-        self.peak = read()
+        self.start_rss = self.peak = read()
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -182,6 +182,7 @@ class PeakMemory:
         self.device = torch.device(device)
         self.peaks: dict[str, float] = {}
         self.reserved: dict[str, float] = {}
+        self.sampler: _Sampler | None = None  # the running sampler thread, during a sampled phase
         if self.device.type == "cuda":
             self.method = CUDA_METHOD
             return
@@ -214,13 +215,13 @@ class PeakMemory:
             yield
             peak = _status_kb("VmHWM") * 1024
         else:
-            sampler = _Sampler(self._read_rss, SAMPLE_INTERVAL_S)
-            before = sampler.peak
-            sampler.start()
+            self.sampler = _Sampler(self._read_rss, SAMPLE_INTERVAL_S)
+            before = self.sampler.start_rss
+            self.sampler.start()
             try:
                 yield
             finally:
-                peak = sampler.stop()
+                peak, self.sampler = self.sampler.stop(), None
         self._keep(name, held_bytes + max(peak - before, 0), None)
 
     def _cuda_start(self) -> None:
