@@ -242,9 +242,11 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from avs_mamba.tracking import ui_command
+    from avs_mamba.tracking import init_store, ui_command
 
-    argv = ui_command(_tracking_uri(args), port=args.port, host=args.host)
+    uri = _tracking_uri(args)
+    init_store(uri, [])  # the schema under its file lock: the server must not race running jobs to create it
+    argv = ui_command(uri, port=args.port, host=args.host)
     print("starting: " + " ".join(argv), file=sys.stderr, flush=True)
     os.execv(argv[0], argv)  # replaces this process; Ctrl-C stops the server
     return 0  # not reached
@@ -433,8 +435,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a user mistake (printed as one line), as opposed to a bug (traceback)."""
     from avs_mamba.checkpointing import CheckpointMismatchError
     from avs_mamba.engine import TrainingDivergedError
+    from avs_mamba.tracking import TrackingStoreError
 
-    return (ValueError, FileNotFoundError, FileExistsError, CheckpointMismatchError, TrainingDivergedError)
+    return (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        CheckpointMismatchError,
+        TrainingDivergedError,
+        TrackingStoreError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
