@@ -214,6 +214,8 @@ class _Trainer:
         if record is not None:
             test = record.get("test", {}).get(self.protocol, {})
             self._log(f"{self.out} is already finished (test {self.protocol} M_J {test.get('miou')}); nothing to do")
+            if self.tracking:
+                self._repair_tracking(record)
             return record
         cfg = self.config
         t_start = time.perf_counter()
@@ -488,6 +490,27 @@ class _Trainer:
             save_overlay(self.out / "overlays" / f"{name}.png", batch["frames"][0], batch["masks"][0], logits)
 
     # -- MLflow ------------------------------------------------------------------------------------------------
+
+    def _repair_tracking(self, record: Mapping[str, Any]) -> None:
+        """Log a finished run directory to MLflow again when the store has no complete record of it (the final
+        logging failed after metrics.json was written, or the store is new): the directory is the source of truth."""
+        from avs_mamba.tracking import RunLogger, default_tracking_uri, experiment_name, finished_run, run_name
+
+        cfg, uri = self.config, self.tracking_uri or default_tracking_uri()
+        key = run_name(cfg.data.task, cfg.name, cfg.train.seed)
+        if finished_run(uri, experiment_name(cfg.profile), key, self.config_hash) is not None:
+            return
+        self._log(f"MLflow has no finished record of {key}; logging it from {self.out / METRICS_FILE}")
+        logger = RunLogger(uri).start_config(
+            cfg,
+            scan_backend=str(record.get("scan_backend", "unknown")),
+            device=str(record.get("device", self.device)),
+            commit=record.get("git_commit"),
+        )
+        with logger:
+            for point in record.get("history") or []:
+                self._log_epoch(logger, point)
+            self._log_final(logger, record)
 
     @staticmethod
     def _log_epoch(logger: Any, point: Mapping[str, Any]) -> None:

@@ -11,6 +11,9 @@
   job replaces its run: the new run is logged next to the old ones, and only when it ends FINISHED are the older runs
   with the same key deleted (MLflow soft delete: hidden from the UI and searches, purged by ``mlflow gc``). A crash
   mid-run therefore never loses the last complete result; the FAILED run stays visible until a rerun succeeds.
+  Earlier attempts still marked RUNNING (a killed process cannot end its run) are marked KILLED when a new attempt
+  starts. :func:`finished_run` tells whether the store holds a complete record of a job (the engine re-logs a
+  finished run directory whose MLflow record is missing or FAILED).
 * SQLite allows one writer at a time. MLflow waits up to 20 s on a locked database (``busy_timeout``); on top of that
   every write here is retried with bounded exponential backoff when the database is still locked, so a few jobs
   logging at once lose nothing. Writes are batched (``log_batch``) to keep transactions few.
@@ -49,6 +52,7 @@ __all__ = [
     "artifact_root",
     "check_tracking_uri",
     "init_store",
+    "finished_run",
     "git_commit",
     "run_tags",
     "ui_command",
@@ -56,6 +60,7 @@ __all__ = [
 ]
 
 RUN_KEY_TAG = "avs.run_key"
+REPLACED_BY_TAG = "avs.replaced_by"
 CONFIG_HASH_TAG = "avs.config_hash"
 TRUNCATED_TAG = "avs.truncated_params"
 # MLflow's limits (mlflow/utils/validation.py): param values up to 6000 characters, tag values up to 5000 in the
@@ -248,6 +253,26 @@ def init_store(uri: str | None = None, experiments: Iterable[str] | None = None)
     return {name: _get_or_create_experiment(client, name, uri) for name in names}
 
 
+def _runs_with_key(client: MlflowClient, experiment_id: str, key: str, status: str | None = None) -> list[Any]:
+    query = f"tags.`{RUN_KEY_TAG}` = '{key}'" + (f" and attributes.status = '{status}'" if status else "")
+    return _retry("search runs", client.search_runs, [experiment_id], filter_string=query, max_results=1000)
+
+
+def finished_run(uri: str, experiment: str, run_key: str, config_hash: str) -> str | None:
+    """The id of a FINISHED run of ``run_key`` logged from a config with ``config_hash``, or None.
+
+    A run ends FINISHED only after its final metrics and artifacts were logged (:class:`RunLogger` ends it FAILED on
+    any error), so such a run is a complete record of the job."""
+    client = _client(uri)
+    found = _retry("get experiment", client.get_experiment_by_name, experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        return None
+    for run in _runs_with_key(client, found.experiment_id, run_key, "FINISHED"):
+        if run.data.tags.get(CONFIG_HASH_TAG) == config_hash:
+            return run.info.run_id
+    return None
+
+
 def git_commit(path: str | Path | None = None) -> str:
     """Short commit hash of the git checkout holding ``path`` (default: this package), or ``"unknown"``."""
     cwd = Path(path) if path is not None else Path(__file__).resolve().parent
@@ -363,6 +388,7 @@ class RunLogger:
         all_tags = {k: str(v) for k, v in (tags or {}).items()} | {RUN_KEY_TAG: key}
         run = self._call("create run", self.client.create_run, self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id, self._run_key, self._start_time = run.info.run_id, key, run.info.start_time
+        self._close_stale_attempts()
         if params:
             self.log_params(params)
         return self
@@ -450,14 +476,19 @@ class RunLogger:
 
     def _superseded(self) -> list[str]:
         """Runs with this run key that started no later than this one (a later duplicate is left alone)."""
-        runs = self._call(
-            "search runs",
-            self.client.search_runs,
-            [self.experiment_id],
-            filter_string=f"tags.`{RUN_KEY_TAG}` = '{self._run_key}'",
-            max_results=1000,
-        )
+        runs = _runs_with_key(self.client, str(self.experiment_id), self._run_key)
         return [r.info.run_id for r in runs if r.info.run_id != self.run_id and r.info.start_time <= self._start_time]
+
+    def _close_stale_attempts(self) -> None:
+        """Earlier attempts of this run key still RUNNING were killed (a live process would not be rerun): end them
+        KILLED and point them at this run, so the UI shows no phantom running job."""
+        from mlflow.entities import RunTag
+
+        for old in _runs_with_key(self.client, str(self.experiment_id), self._run_key, "RUNNING"):
+            if old.info.run_id != self.run_id and old.info.start_time <= self._start_time:
+                tag = [RunTag(REPLACED_BY_TAG, str(self.run_id))]
+                self._call("tag replaced run", self.client.log_batch, old.info.run_id, tags=tag)
+                self._call("end replaced run", self.client.set_terminated, old.info.run_id, "KILLED")
 
     def __enter__(self) -> RunLogger:
         return self

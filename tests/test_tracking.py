@@ -170,6 +170,21 @@ def test_rerunning_a_run_key_replaces_the_run_only_after_success(tmp_path: Path,
     assert first in deleted and len(deleted) == 2
 
 
+def test_a_killed_attempt_left_running_is_marked_killed_by_the_next(tmp_path: Path, template_store: Path) -> None:
+    uri = sqlite_uri(tmp_path, template_store)
+    killed = RunLogger(uri).start("s4/m/seed0", EXPERIMENT)  # never ended: its process was killed
+    killed.log_epoch(0, {"loss": 1.0})
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(killed.run_id).info.status == "RUNNING"
+    with RunLogger(uri).start("s4/m/seed0", EXPERIMENT) as rerun:
+        old = client.get_run(killed.run_id)
+        assert old.info.status == "KILLED" and old.data.tags["avs.replaced_by"] == rerun.run_id
+        assert client.get_run(rerun.run_id).info.status == "RUNNING"
+        rerun.log_epoch(0, {"loss": 0.5})
+    assert [r.info.run_id for r in runs_of(client, EXPERIMENT)] == [rerun.run_id]
+    assert [r.info.status for r in runs_of(client, EXPERIMENT, ViewType.DELETED_ONLY)] == ["KILLED"]
+
+
 def test_long_values_and_more_than_100_params_are_stored(tmp_path: Path, template_store: Path) -> None:
     uri = sqlite_uri(tmp_path, template_store)
     params = {f"group{k % 7}.key{k}": k for k in range(250)}
