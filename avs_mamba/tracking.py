@@ -162,8 +162,8 @@ def _check_sqlite_folder(uri: str, db: Path) -> None:
         if db.exists() and not os.access(db, os.R_OK | os.W_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(db))
     except OSError as err:
-        where = err.filename or db.parent
-        raise _no_store(uri, f"the store is not writable here ({where}: {err.strerror})") from None
+        where = db.parent if err.filename is None or ".probe" in str(err.filename) else err.filename
+        raise _no_store(uri, f"the store's folder is not writable ({where}: {err.strerror})") from None
 
 
 def _open_sqlite(uri: str, db: Path) -> MlflowClient:
