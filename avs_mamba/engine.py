@@ -43,6 +43,7 @@ from avs_mamba.checkpointing import (
     CheckpointMismatchError,
     atomic_write_json,
     atomic_write_text,
+    ensure_writable_dir,
     load_checkpoint,
     load_model_state,
     rng_state,
@@ -53,6 +54,7 @@ from avs_mamba.config import ExperimentConfig
 from avs_mamba.distributed import DistContext, all_true, barrier, init_distributed, shutdown
 from avs_mamba.evaluation import (
     CONFIG_FILE,
+    METRICS_FILE,
     build_split,
     evaluate_model,
     evaluate_run,
@@ -60,6 +62,7 @@ from avs_mamba.evaluation import (
     make_loader,
     metric_scalars,
     scan_backend_name,
+    scan_splits,
     seed_everything,
     to_device,
 )
@@ -70,7 +73,6 @@ from avs_mamba.overlays import save_overlay
 
 __all__ = ["METRICS_FILE", "COST_MEASURES", "TrainingDivergedError", "compute_loss", "train", "evaluate_run"]
 
-METRICS_FILE = "metrics.json"
 # What metrics.json's "cost" measures at the run's input shape (memory is left to `avs-bench profile`).
 COST_MEASURES = ("params", "flops", "latency")
 _CKPT_VERSION = 1
@@ -241,9 +243,9 @@ class _Trainer:
             start_epoch, step, elapsed = ckpt["epoch"] + 1, ckpt["step"], float(ckpt["elapsed_s"])
             history, best, rng = list(ckpt["history"]), dict(ckpt["best"]), ckpt["rng"]
             self._log(f"resuming {self.out} after epoch {ckpt['epoch']} (step {step})")
+        scan_splits(cfg)  # every clip of train, val and test: a bad test file stops the run now, not at the end
         if self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / CONFIG_FILE, cfg.to_yaml())
+            ensure_writable_dir(self.out)  # a read-only or full --out fails before any work
 
         train_set = build_split(cfg, "train")
         val_set = build_split(cfg, "val")
@@ -273,6 +275,8 @@ class _Trainer:
                 cfg, scan_backend=scan_backend, device=str(self.device)
             )
         with logger_cm as logger:
+            if self.ctx.is_main:  # only a run that starts gets a config.yaml (evaluate takes it for a run directory)
+                atomic_write_text(self.out / CONFIG_FILE, cfg.to_yaml())
             for point in history:  # a resumed run's MLflow record gets the earlier epochs too
                 self._log_epoch(logger, point)
             wrapped, trainable = model, None
