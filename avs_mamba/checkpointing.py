@@ -25,6 +25,7 @@ from avs_mamba.backbones.checkpoint import CheckpointMismatchError
 __all__ = [
     "CheckpointMismatchError",
     "atomic_write_bytes",
+    "ensure_writable_dir",
     "atomic_write_text",
     "atomic_write_json",
     "save_checkpoint",
@@ -35,19 +36,35 @@ __all__ = [
 ]
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (``mkstemp`` alone gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
+
+    The file gets the umask's mode like any new file. An ``OSError`` (disk full, read-only or unwritable folder)
+    names ``path`` itself, not the temporary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise type(err)(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
         raise
     # Persist the rename itself (the directory entry); not every filesystem allows opening a directory.
     try:
@@ -60,6 +77,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` (with parents) and prove a file can be written in it, so a read-only or full destination
+    fails before any work instead of at the first checkpoint. ``OSError`` names the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise type(err)(err.errno, err.strerror or os.strerror(err.errno), str(err.filename or path)) from err
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -91,7 +124,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointMismatchError(f"checkpoint {path} could not be read ({type(err).__name__}: {err})") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if path.name == "last.pt":
+            hint = "delete it and rerun the same `avs-bench train` command: the run starts over from epoch 1"
+        elif path.name == "best.pt" and path.parent.name == "checkpoints":
+            hint = f"delete the run directory {path.parent.parent} and rerun its `avs-bench train` command"
+        else:
+            hint = "pass a checkpoint written by `avs-bench train`"
+        raise CheckpointMismatchError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {first}); the file is damaged or not a "
+            f"checkpoint of this suite: {hint}"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointMismatchError(f"checkpoint {path} is not a run checkpoint (no 'model' entry)")
     return state

@@ -11,6 +11,7 @@ stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -173,6 +174,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         data_root=args.data_root,
         out_file=args.out,
+        allow_unfinished=args.allow_unfinished,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         for protocol, metrics in record["metrics"].items():
@@ -242,9 +244,11 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from avs_mamba.tracking import ui_command
+    from avs_mamba.tracking import init_store, ui_command
 
-    argv = ui_command(_tracking_uri(args), port=args.port, host=args.host)
+    uri = _tracking_uri(args)
+    init_store(uri, [])  # the schema under its file lock: the server must not race running jobs to create it
+    argv = ui_command(uri, port=args.port, host=args.host)
     print("starting: " + " ".join(argv), file=sys.stderr, flush=True)
     os.execv(argv[0], argv)  # replaces this process; Ctrl-C stops the server
     return 0  # not reached
@@ -356,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=_positive_int, help="videos per official M_F batch (default: the run's)")
     p.add_argument("--data-root", help="dataset location, if it moved since training")
     p.add_argument("--out", type=Path, help="output JSON (default: RUN/eval_{split}.json)")
+    p.add_argument(
+        "--allow-unfinished", action="store_true", help="score a run that has not finished training (no metrics.json)"
+    )
     _add_device(p, "auto")
     p.set_defaults(handler=_cmd_evaluate)
 
@@ -433,9 +440,39 @@ def _one_line(err: BaseException) -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a user mistake (printed as one line), as opposed to a bug (traceback)."""
     from avs_mamba.checkpointing import CheckpointMismatchError
+    from avs_mamba.distributed import DeviceUnavailableError
     from avs_mamba.engine import TrainingDivergedError
+    from avs_mamba.tracking import TrackingStoreError
 
-    return (ValueError, FileNotFoundError, FileExistsError, CheckpointMismatchError, TrainingDivergedError)
+    return (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        CheckpointMismatchError,
+        TrainingDivergedError,
+        TrackingStoreError,
+        DeviceUnavailableError,
+    )
+
+
+# Environment problems an OSError reports (full disk, read-only or unwritable destination): one line, with the fix.
+_OS_HINTS = {
+    errno.ENOSPC: "free space, or write elsewhere (--out)",
+    errno.EDQUOT: "free space, or write elsewhere (--out)",
+    errno.EROFS: "write elsewhere (--out)",
+    errno.EACCES: "write elsewhere (--out), or fix the folder's permissions",
+    errno.EPERM: "write elsewhere (--out), or fix the folder's permissions",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "the path is a folder, not a file",
+}
+
+
+def _os_error_line(err: OSError) -> str | None:
+    """``PATH: what happened (what to do)`` for the environment errors of ``_OS_HINTS``; None for anything else."""
+    if err.errno not in _OS_HINTS:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or os.strerror(err.errno)} ({_OS_HINTS[err.errno]})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -455,9 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("avs-bench: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if not isinstance(err, _user_errors()):
+        line = _os_error_line(err) if isinstance(err, OSError) else None
+        if line is None and not isinstance(err, _user_errors()):
             raise
-        print(f"avs-bench: error: {_one_line(err)}", file=sys.stderr)
+        print(f"avs-bench: error: {line or _one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -14,7 +14,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "resolve_device", "init_distributed", "all_gather_object", "barrier", "all_true", "shutdown"]
+__all__ = [
+    "DeviceUnavailableError",
+    "DistContext",
+    "resolve_device",
+    "init_distributed",
+    "all_gather_object",
+    "barrier",
+    "all_true",
+    "shutdown",
+]
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device does not exist on this machine (an environment problem, not a bug)."""
 
 
 @dataclass(frozen=True)
@@ -49,13 +62,17 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; a bare ``cuda`` under DDP means this process's ``local_rank`` GPU.
 
     Raises:
-        RuntimeError: CUDA is asked for but not available.
+        DeviceUnavailableError: CUDA is asked for but not available.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise DeviceUnavailableError(
+                f"device {device!r} requested but CUDA is not available ({why}; torch {torch.__version__}); "
+                "use --device cpu (or auto)"
+            )
         if device == "cuda":
             device = f"cuda:{local_rank}"
     elif device != "cpu":

@@ -47,6 +47,7 @@ from avs_mamba.checkpointing import (
     CheckpointMismatchError,
     atomic_write_json,
     atomic_write_text,
+    ensure_writable_dir,
     load_checkpoint,
     load_model_state,
     rng_state,
@@ -57,6 +58,7 @@ from avs_mamba.config import ExperimentConfig
 from avs_mamba.distributed import DistContext, all_true, barrier, init_distributed, shutdown
 from avs_mamba.evaluation import (
     CONFIG_FILE,
+    METRICS_FILE,
     build_split,
     evaluate_model,
     evaluate_run,
@@ -64,6 +66,7 @@ from avs_mamba.evaluation import (
     make_loader,
     metric_scalars,
     scan_backend_name,
+    scan_splits,
     seed_everything,
     to_device,
 )
@@ -75,7 +78,6 @@ from avs_mamba.overlays import save_overlay
 
 __all__ = ["METRICS_FILE", "COST_MEASURES", "TrainingDivergedError", "compute_loss", "train", "evaluate_run"]
 
-METRICS_FILE = "metrics.json"
 # What metrics.json's "cost" measures: params, FLOPs and latency at the run's input shape (one clip, by
 # avs_mamba.profiling), and memory as the peaks of the run's own training steps and evaluation passes.
 COST_MEASURES = ("params", "flops", "memory", "latency")
@@ -232,6 +234,8 @@ class _Trainer:
         if record is not None:
             test = record.get("test", {}).get(self.protocol, {})
             self._log(f"{self.out} is already finished (test {self.protocol} M_J {test.get('miou')}); nothing to do")
+            if self.tracking:
+                self._repair_tracking(record)
             return record
         cfg = self.config
         t_start = time.perf_counter()
@@ -265,9 +269,9 @@ class _Trainer:
             if self.memory is not None:
                 self.memory.merge(ckpt.get("memory"))  # the peaks of the earlier segments
             self._log(f"resuming {self.out} after epoch {ckpt['epoch']} (step {step})")
+        scan_splits(cfg)  # every clip of train, val and test: a bad test file stops the run now, not at the end
         if self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / CONFIG_FILE, cfg.to_yaml())
+            ensure_writable_dir(self.out)  # a read-only or full --out fails before any work
 
         train_set = build_split(cfg, "train")
         val_set = build_split(cfg, "val")
@@ -297,6 +301,8 @@ class _Trainer:
                 cfg, scan_backend=scan_backend, device=str(self.device)
             )
         with logger_cm as logger:
+            if self.ctx.is_main:  # only a run that starts gets a config.yaml (evaluate takes it for a run directory)
+                atomic_write_text(self.out / CONFIG_FILE, cfg.to_yaml())
             for point in history:  # a resumed run's MLflow record gets the earlier epochs too
                 self._log_epoch(logger, point)
             wrapped, trainable = model, None
@@ -530,6 +536,27 @@ class _Trainer:
             save_overlay(self.out / "overlays" / f"{name}.png", batch["frames"][0], batch["masks"][0], logits)
 
     # -- MLflow ------------------------------------------------------------------------------------------------
+
+    def _repair_tracking(self, record: Mapping[str, Any]) -> None:
+        """Log a finished run directory to MLflow again when the store has no complete record of it (the final
+        logging failed after metrics.json was written, or the store is new): the directory is the source of truth."""
+        from avs_mamba.tracking import RunLogger, default_tracking_uri, experiment_name, finished_run, run_name
+
+        cfg, uri = self.config, self.tracking_uri or default_tracking_uri()
+        key = run_name(cfg.data.task, cfg.name, cfg.train.seed)
+        if finished_run(uri, experiment_name(cfg.profile), key, self.config_hash) is not None:
+            return
+        self._log(f"MLflow has no finished record of {key}; logging it from {self.out / METRICS_FILE}")
+        logger = RunLogger(uri).start_config(
+            cfg,
+            scan_backend=str(record.get("scan_backend", "unknown")),
+            device=str(record.get("device", self.device)),
+            commit=record.get("git_commit"),
+        )
+        with logger:
+            for point in record.get("history") or []:
+                self._log_epoch(logger, point)
+            self._log_final(logger, record)
 
     @staticmethod
     def _log_epoch(logger: Any, point: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from avs_mamba.checkpointing import atomic_write_json, load_checkpoint, load_model_state
 from avs_mamba.config import ExperimentConfig
-from avs_mamba.data.avsbench import NUM_CLASSES, AVSSDataset, MS3Dataset, S4Dataset, build_dataset
+from avs_mamba.data.avsbench import NUM_CLASSES, AVSSDataset, DatasetError, MS3Dataset, S4Dataset, build_dataset
 from avs_mamba.distributed import DistContext, all_gather_object, barrier, init_distributed, shutdown
 from avs_mamba.metrics import BinarySegmentationMetrics, SemanticSegmentationMetrics
 from avs_mamba.modules.output import AVSOutput
 
 __all__ = [
     "CONFIG_FILE",
+    "METRICS_FILE",
     "TASK_DIRS",
     "IndexedDataset",
     "seed_everything",
     "dataset_root",
     "build_split",
+    "scan_splits",
     "make_loader",
     "to_device",
     "forward_batch",
@@ -48,6 +51,7 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"  # written by the engine when a run has finished
 # Folder of each task under a data root, as AVSBench ships them (and as `avs-bench synth` writes them).
 TASK_DIRS = {"s4": "Single-source", "ms3": "Multi-sources", "avss": "AVSS"}
 _CSV = {"s4": S4Dataset.csv_name, "ms3": MS3Dataset.csv_name, "avss": AVSSDataset.csv_name}
@@ -92,7 +96,9 @@ def dataset_root(config: ExperimentConfig) -> Path:
     if (sub / _CSV[task]).is_file():
         return sub
     if config.data.synthetic:
-        how = f"create it with `avs-bench synth --task {task} --out {root}`"
+        # synth writes <out>/<task folder>: data.root naming the task folder itself means out is its parent
+        out = root.parent if root.name == TASK_DIRS[task] else root
+        how = f"create it with `avs-bench synth --task {task} --out {out}`"
     else:
         how = "download AVSBench (http://www.avlbench.opennlplab.cn) and unpack it there, or set data.root"
     raise FileNotFoundError(f"{task} dataset not found: expected {sub / _CSV[task]} (or {root / _CSV[task]}); {how}")
@@ -126,6 +132,30 @@ def build_split(config: ExperimentConfig, split: str) -> Dataset:
     if config.data.max_clips is not None and len(dataset) > config.data.max_clips:
         dataset = Subset(dataset, range(config.data.max_clips))
     return IndexedDataset(dataset)
+
+
+def scan_splits(config: ExperimentConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+    """Scan every clip the run will read (file counts, image headers and sizes, audio files) before the first step,
+    so a bad val/test file stops the run now instead of after the whole schedule.
+
+    Raises:
+        DatasetError: the first problem, with how many there are and the ``data check`` command that lists them.
+    """
+    problems: list[Any] = []
+    root = dataset_root(config)
+    for split in splits:
+        dataset = build_dataset(config.data.task, root, split, audio_source=config.data.audio_source)
+        limit = len(dataset) if config.data.max_clips is None else min(len(dataset), config.data.max_clips)
+        for index in range(limit):
+            problems.extend(dataset.scan_problems(index))
+    if problems:
+        first = problems[0]
+        raise DatasetError(
+            f"{first.detail} ({len(problems)} problem(s) in the clips this run reads, found before training; "
+            f"`avs-bench data check {root} --task {config.data.task}` lists them all)",
+            kind=first.kind,
+            path=first.path,
+        )
 
 
 def make_loader(
@@ -267,8 +297,12 @@ def evaluate_run(
     device: str = "auto",
     data_root: str | None = None,
     out_file: str | Path | None = None,
+    allow_unfinished: bool = False,
 ) -> dict[str, Any]:
     """Re-evaluate a trained run's checkpoint on ``split``; writes ``eval_{split}.json`` (or ``out_file``).
+
+    A run without ``metrics.json`` has not finished (stopped, or still training): its ``best.pt`` is only the best of
+    the epochs so far, so it is refused unless ``allow_unfinished`` (the record then says ``"run_finished": false``).
 
     Args:
         run_dir: a directory written by :func:`train` (needs ``config.yaml`` and the checkpoint).
@@ -296,6 +330,17 @@ def evaluate_run(
         config.data.root = data_root
     ckpt_path = _resolve_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
+    finished = (run_dir / METRICS_FILE).is_file()
+    if not finished:
+        epoch = ckpt.get("epoch")
+        state = f"{ckpt_path.name} is from epoch {epoch + 1}" if isinstance(epoch, int) else f"{ckpt_path} is partial"
+        detail = f"{run_dir} has not finished training (no {METRICS_FILE}: stopped or still running); {state}"
+        if not allow_unfinished:
+            raise ValueError(
+                f"{detail}. Finish it by rerunning its `avs-bench train` command, or pass --allow-unfinished "
+                "to score this checkpoint anyway"
+            )
+        print(f"[avs-bench] warning: {detail}; scoring it as asked (--allow-unfinished)", file=sys.stderr)
 
     ctx, dev = init_distributed(device)
     try:
@@ -332,6 +377,7 @@ def evaluate_run(
             },
             "checkpoint": str(ckpt_path),
             "checkpoint_epoch": ckpt.get("epoch"),
+            "run_finished": finished,
             "split": split,
             "metrics": metrics,
             "eval": {"batch_size": config.eval.batch_size, "protocols": list(config.eval.protocols)},

@@ -2,12 +2,18 @@
 
 * Store: ``sqlite:///<abs>/results/mlflow.db`` (``MLFLOW_TRACKING_URI`` overrides it), artifacts under
   ``<abs>/results/mlartifacts/<experiment>``, one experiment per profile (``avs-bench-smoke``, ``avs-bench-paper``).
-  :func:`init_store` creates the schema and the experiments; call it once before jobs fan out, because parallel first
-  writers racing to create a fresh SQLite schema break (DESIGN §9).
+  Whatever opens a SQLite store first (``train``, ``init-store``, ``ui``, any :class:`RunLogger`) creates its schema
+  holding an exclusive file lock ``<db>.lock`` beside it: parallel first writers racing MLflow's schema migrations
+  otherwise fail, and can leave the store half-migrated (DESIGN §9). :func:`init_store` also makes the experiments.
+* A URI that cannot work fails at once with :class:`TrackingStoreError` naming it: an unknown scheme, a SQLite path
+  under a file or in a folder this process cannot write.
 * Runs are named ``{dataset}/{model}/seed{n}`` and carry that name as the run key tag ``avs.run_key``. Re-running a
   job replaces its run: the new run is logged next to the old ones, and only when it ends FINISHED are the older runs
   with the same key deleted (MLflow soft delete: hidden from the UI and searches, purged by ``mlflow gc``). A crash
   mid-run therefore never loses the last complete result; the FAILED run stays visible until a rerun succeeds.
+  Earlier attempts still marked RUNNING (a killed process cannot end its run) are marked KILLED when a new attempt
+  starts. :func:`finished_run` tells whether the store holds a complete record of a job (the engine re-logs a
+  finished run directory whose MLflow record is missing or FAILED).
 * SQLite allows one writer at a time. MLflow waits up to 20 s on a locked database (``busy_timeout``); on top of that
   every write here is retried with bounded exponential backoff when the database is still locked, so a few jobs
   logging at once lose nothing. Writes are batched (``log_batch``) to keep transactions few.
@@ -17,6 +23,7 @@ mlflow is imported lazily, so importing this module stays cheap for the command 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RUN_KEY_TAG",
     "CONFIG_HASH_TAG",
+    "TrackingStoreError",
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_PARAMS_PER_BATCH",
     "PROFILES",
@@ -42,7 +50,9 @@ __all__ = [
     "run_name",
     "default_tracking_uri",
     "artifact_root",
+    "check_tracking_uri",
     "init_store",
+    "finished_run",
     "git_commit",
     "run_tags",
     "ui_command",
@@ -50,6 +60,7 @@ __all__ = [
 ]
 
 RUN_KEY_TAG = "avs.run_key"
+REPLACED_BY_TAG = "avs.replaced_by"
 CONFIG_HASH_TAG = "avs.config_hash"
 TRUNCATED_TAG = "avs.truncated_params"
 # MLflow's limits (mlflow/utils/validation.py): param values up to 6000 characters, tag values up to 5000 in the
@@ -117,13 +128,85 @@ def _retry(what: str, fn: Callable[..., T], *args: Any, attempts: int = 8, **kwa
     raise AssertionError("unreachable")
 
 
-def _client(uri: str) -> MlflowClient:
+class TrackingStoreError(RuntimeError):
+    """The tracking URI cannot be used (bad scheme, unwritable or impossible SQLite path, unreadable store)."""
+
+
+# Schemes MLflow's tracking store accepts (mlflow.tracking._tracking_service.utils); "" and "file" are folder stores.
+_SCHEMES = ("sqlite", "file", "", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+_LOCK_TIMEOUT_S = 600.0  # creating a schema takes seconds; a lock held this long means a hung process
+_USABLE: set[str] = set()  # URIs whose schema this process has checked (MLflow caches the store per URI as well)
+
+
+def _no_store(uri: str, problem: str) -> TrackingStoreError:
+    return TrackingStoreError(
+        f"MLflow tracking URI {uri!r}: {problem}. Pass --tracking-uri (or MLFLOW_TRACKING_URI) "
+        "sqlite:///<writable folder>/mlflow.db or a tracking server's http(s):// address, or --no-tracking"
+    )
+
+
+def _check_sqlite_folder(uri: str, db: Path) -> None:
+    """Create the store's folder and prove it writable, naming the part of the path that is in the way."""
+    for parent in (db.parent, *db.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise _no_store(uri, f"{parent} is a file, so the store's folder {db.parent} cannot exist")
+            break
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        if db.is_dir():
+            raise _no_store(uri, f"{db} is a folder, not a SQLite file")
+        probe = db.parent / f".{db.name}.{os.getpid()}.probe"
+        probe.touch()
+        probe.unlink()
+        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(db))
+    except OSError as err:
+        where = db.parent if err.filename is None or ".probe" in str(err.filename) else err.filename
+        raise _no_store(uri, f"the store's folder is not writable ({where}: {err.strerror})") from None
+
+
+def _open_sqlite(uri: str, db: Path) -> MlflowClient:
+    """A client on a SQLite store, built under an exclusive lock shared by every process on this store."""
+    from filelock import FileLock, Timeout
     from mlflow import MlflowClient
 
+    try:
+        with FileLock(str(db) + ".lock", timeout=_LOCK_TIMEOUT_S):
+            # MlflowClient builds (and caches per URI) the store at once; building it creates the tables, runs the
+            # alembic migrations and adds the Default experiment: none of which is safe to race.
+            return _retry("open store", MlflowClient, tracking_uri=uri)
+    except Timeout:
+        raise _no_store(uri, f"the schema lock {db}.lock was held for {_LOCK_TIMEOUT_S:.0f} s") from None
+    except (RuntimeError, OSError) as err:
+        raise _no_store(uri, f"the store could not be opened ({err})") from err
+    except Exception as err:  # MLflow/SQLAlchemy errors: out-of-date or damaged schema, not a database, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _no_store(uri, f"the store could not be opened ({type(err).__name__}: {first})") from err
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, naming the problem, on a URI that cannot hold runs (see :class:`TrackingStoreError`)."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme not in _SCHEMES and not scheme.startswith(tuple(f"{s}+" for s in ("postgresql", "mysql", "mssql"))):
+        known = "sqlite, postgresql, mysql, mssql, http(s), file"
+        raise _no_store(uri, f"unsupported scheme {scheme!r} (MLflow stores: {known})")
     db = _sqlite_path(uri)
     if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+        _check_sqlite_folder(uri, db)
+
+
+def _client(uri: str) -> MlflowClient:
+    """A client on ``uri``, checked first; a SQLite store's schema is created under the store's file lock."""
+    from mlflow import MlflowClient
+
+    if uri in _USABLE:
+        return MlflowClient(tracking_uri=uri)
+    check_tracking_uri(uri)
+    db = _sqlite_path(uri)
+    client = _open_sqlite(uri, db) if db is not None else MlflowClient(tracking_uri=uri)
+    _USABLE.add(uri)
+    return client
 
 
 def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -165,9 +248,29 @@ def init_store(uri: str | None = None, experiments: Iterable[str] | None = None)
         Experiment name -> experiment id.
     """
     uri = uri or default_tracking_uri()
-    client = _retry("open store", _client, uri)  # the first query creates or migrates a SQL store's schema
+    client = _client(uri)  # creates or migrates a SQLite store's schema under its file lock
     names = [experiment_name(p) for p in PROFILES] if experiments is None else list(experiments)
     return {name: _get_or_create_experiment(client, name, uri) for name in names}
+
+
+def _runs_with_key(client: MlflowClient, experiment_id: str, key: str, status: str | None = None) -> list[Any]:
+    query = f"tags.`{RUN_KEY_TAG}` = '{key}'" + (f" and attributes.status = '{status}'" if status else "")
+    return _retry("search runs", client.search_runs, [experiment_id], filter_string=query, max_results=1000)
+
+
+def finished_run(uri: str, experiment: str, run_key: str, config_hash: str) -> str | None:
+    """The id of a FINISHED run of ``run_key`` logged from a config with ``config_hash``, or None.
+
+    A run ends FINISHED only after its final metrics and artifacts were logged (:class:`RunLogger` ends it FAILED on
+    any error), so such a run is a complete record of the job."""
+    client = _client(uri)
+    found = _retry("get experiment", client.get_experiment_by_name, experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        return None
+    for run in _runs_with_key(client, found.experiment_id, run_key, "FINISHED"):
+        if run.data.tags.get(CONFIG_HASH_TAG) == config_hash:
+            return run.info.run_id
+    return None
 
 
 def git_commit(path: str | Path | None = None) -> str:
@@ -253,7 +356,7 @@ class RunLogger:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = _retry("open store", _client, self.tracking_uri)
+            self._client = _client(self.tracking_uri)
         return self._client
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -285,6 +388,7 @@ class RunLogger:
         all_tags = {k: str(v) for k, v in (tags or {}).items()} | {RUN_KEY_TAG: key}
         run = self._call("create run", self.client.create_run, self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id, self._run_key, self._start_time = run.info.run_id, key, run.info.start_time
+        self._close_stale_attempts()
         if params:
             self.log_params(params)
         return self
@@ -372,14 +476,19 @@ class RunLogger:
 
     def _superseded(self) -> list[str]:
         """Runs with this run key that started no later than this one (a later duplicate is left alone)."""
-        runs = self._call(
-            "search runs",
-            self.client.search_runs,
-            [self.experiment_id],
-            filter_string=f"tags.`{RUN_KEY_TAG}` = '{self._run_key}'",
-            max_results=1000,
-        )
+        runs = _runs_with_key(self.client, str(self.experiment_id), self._run_key)
         return [r.info.run_id for r in runs if r.info.run_id != self.run_id and r.info.start_time <= self._start_time]
+
+    def _close_stale_attempts(self) -> None:
+        """Earlier attempts of this run key still RUNNING were killed (a live process would not be rerun): end them
+        KILLED and point them at this run, so the UI shows no phantom running job."""
+        from mlflow.entities import RunTag
+
+        for old in _runs_with_key(self.client, str(self.experiment_id), self._run_key, "RUNNING"):
+            if old.info.run_id != self.run_id and old.info.start_time <= self._start_time:
+                tag = [RunTag(REPLACED_BY_TAG, str(self.run_id))]
+                self._call("tag replaced run", self.client.log_batch, old.info.run_id, tags=tag)
+                self._call("end replaced run", self.client.set_terminated, old.info.run_id, "KILLED")
 
     def __enter__(self) -> RunLogger:
         return self

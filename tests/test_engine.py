@@ -110,6 +110,43 @@ def test_train_outputs_selection_and_mlflow(tmp_path: Path, data_root: Path) -> 
     assert again["cost"] is None
 
 
+def test_rerun_repairs_mlflow_from_a_finished_run_directory(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Final logging fails after metrics.json is written: the rerun logs the directory's record as a FINISHED run."""
+    from mlflow import MlflowClient
+
+    from avs_mamba.tracking import RunLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config, out = _config(tmp_path, data_root, train={"epochs": 2}), tmp_path / "run"
+
+    def disk_full(self: RunLogger, paths: object, artifact_path: object = None) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunLogger, "log_artifacts", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            train(config, out, tracking=True, tracking_uri=uri, progress=False, cost=())
+    record = json.loads((out / "metrics.json").read_text())
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("avs-bench-smoke")
+    [failed] = client.search_runs([exp.experiment_id])
+    assert failed.info.status == "FAILED"
+    assert [a.path for a in client.list_artifacts(failed.info.run_id)] == ["config.yaml"]
+
+    assert train(config, out, tracking=True, tracking_uri=uri, progress=False, cost=()) == record
+    [repaired] = client.search_runs([exp.experiment_id])  # the FAILED run is replaced
+    assert repaired.info.status == "FINISHED" and repaired.info.run_name == "s4/tiny/seed0"
+    assert {"config.yaml", "metrics.json", "overlays"} <= {a.path for a in client.list_artifacts(repaired.info.run_id)}
+    assert repaired.data.metrics["test/official/miou"] == pytest.approx(record["test"]["official"]["miou"])
+    losses = sorted(client.get_metric_history(repaired.info.run_id, "train/loss"), key=lambda m: m.step)
+    assert [m.value for m in losses] == pytest.approx([h["train_loss"] for h in record["history"]])
+    assert repaired.data.tags["git_commit"] == record["git_commit"]
+    train(config, out, tracking=True, tracking_uri=uri, progress=False, cost=())  # complete now: nothing re-logged
+    assert [r.info.run_id for r in client.search_runs([exp.experiment_id])] == [repaired.info.run_id]
+
+
 def test_seed_changes_the_run(tmp_path: Path, data_root: Path) -> None:
     config = _config(tmp_path, data_root, train={"epochs": 1})
     first = train(config, tmp_path / "a", tracking=False, progress=False, cost=())

@@ -73,11 +73,12 @@ def runs_of(client: MlflowClient, experiment: str, view: int = ViewType.ACTIVE_O
     return client.search_runs([exp.experiment_id], run_view_type=view, max_results=100)
 
 
-def test_four_processes_log_to_one_store_at_once(tmp_path: Path, template_store: Path) -> None:
-    uri = sqlite_uri(tmp_path, template_store)  # a store fresh from init_store: no run in it yet
-    init_store(uri)  # what the workflow does before the fan-out (idempotent)
-    client = MlflowClient(tracking_uri=uri)
-    assert runs_of(client, EXPERIMENT) == []
+@pytest.mark.slow
+def test_eight_processes_create_and_log_to_one_fresh_store_at_once(tmp_path: Path) -> None:
+    """No init_store first (a shell loop of train jobs): the writers race to create the schema, under its lock."""
+    uri = sqlite_uri(tmp_path)
+    assert not (tmp_path / "results").exists()
+    n = 8
     sync = tmp_path / "sync"
     sync.mkdir()
     artifact = tmp_path / "note.txt"
@@ -91,18 +92,19 @@ def test_four_processes_log_to_one_store_at_once(tmp_path: Path, template_store:
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(4)
+        for i in range(n)
     ]
-    deadline = time.time() + 60
-    while len(list(sync.glob("ready*"))) < 4 and time.time() < deadline and all(p.poll() is None for p in procs):
+    deadline = time.time() + 120
+    while len(list(sync.glob("ready*"))) < n and time.time() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.05)
     (sync / "go").touch()
     for proc in procs:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
 
+    client = MlflowClient(tracking_uri=uri)
     runs = {run.data.tags["job"]: run for run in runs_of(client, EXPERIMENT)}
-    assert sorted(runs) == ["0", "1", "2", "3"]
+    assert sorted(runs) == [str(i) for i in range(n)]
     for job, run in runs.items():
         i = int(job)
         assert run.info.status == "FINISHED"
@@ -168,6 +170,21 @@ def test_rerunning_a_run_key_replaces_the_run_only_after_success(tmp_path: Path,
     assert first in deleted and len(deleted) == 2
 
 
+def test_a_killed_attempt_left_running_is_marked_killed_by_the_next(tmp_path: Path, template_store: Path) -> None:
+    uri = sqlite_uri(tmp_path, template_store)
+    killed = RunLogger(uri).start("s4/m/seed0", EXPERIMENT)  # never ended: its process was killed
+    killed.log_epoch(0, {"loss": 1.0})
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(killed.run_id).info.status == "RUNNING"
+    with RunLogger(uri).start("s4/m/seed0", EXPERIMENT) as rerun:
+        old = client.get_run(killed.run_id)
+        assert old.info.status == "KILLED" and old.data.tags["avs.replaced_by"] == rerun.run_id
+        assert client.get_run(rerun.run_id).info.status == "RUNNING"
+        rerun.log_epoch(0, {"loss": 0.5})
+    assert [r.info.run_id for r in runs_of(client, EXPERIMENT)] == [rerun.run_id]
+    assert [r.info.status for r in runs_of(client, EXPERIMENT, ViewType.DELETED_ONLY)] == ["KILLED"]
+
+
 def test_long_values_and_more_than_100_params_are_stored(tmp_path: Path, template_store: Path) -> None:
     uri = sqlite_uri(tmp_path, template_store)
     params = {f"group{k % 7}.key{k}": k for k in range(250)}
@@ -208,6 +225,37 @@ def test_uri_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "--default-artifact-root",
         (tmp_path.resolve() / "results" / "mlartifacts").as_uri(),
     ]
+
+
+def test_unusable_tracking_uris_fail_at_once_naming_the_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from avs_mamba.tracking import TrackingStoreError, check_tracking_uri
+
+    with pytest.raises(TrackingStoreError, match=r"'foo://x': unsupported scheme 'foo'"):
+        RunLogger("foo://x").start("s4/m/seed0", EXPERIMENT)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(TrackingStoreError, match=r"afile is a file, so the store's folder .*afile/sub cannot exist"):
+        init_store(f"sqlite:///{tmp_path / 'afile' / 'sub' / 'mlflow.db'}")
+    (tmp_path / "db.sqlite").mkdir()
+    with pytest.raises(TrackingStoreError, match=r"db.sqlite is a folder, not a SQLite file"):
+        check_tracking_uri(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    (tmp_path / "junk.db").write_text("not a database " * 100)
+    with pytest.raises(TrackingStoreError, match=r"junk.db.*the store could not be opened"):
+        init_store(f"sqlite:///{tmp_path / 'junk.db'}")
+
+    # A read-only folder (the test may run as root, which ignores modes: the write itself is made to fail).
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(30, "Read-only file system", str(self))
+
+    from avs_mamba import tracking
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(tracking.time, "sleep", sleeps.append)
+    monkeypatch.setattr(Path, "touch", read_only)
+    with pytest.raises(TrackingStoreError, match=r"folder is not writable \(.*ro: Read-only file system\)"):
+        RunLogger(f"sqlite:///{tmp_path / 'ro' / 'mlflow.db'}").start("s4/m/seed0", EXPERIMENT)
+    assert sleeps == []  # failed at once, not after a retry loop
 
 
 def test_git_commit(tmp_path: Path) -> None:

@@ -122,11 +122,15 @@ def log_mel_spectrogram(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) ->
     return np.log(mel + LOG_OFFSET)
 
 
+# Float WAV samples beyond this are not clipping overshoot but unscaled integer PCM (int16 full scale is 32768).
+_FLOAT_WAV_MAX = 2.0
+
+
 def load_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a WAV file as a float32 mono waveform in [-1, 1] and its sample rate.
 
-    Integer PCM is scaled by its full-scale value (int16: 1/32768, as VGGish does); float WAVs are kept;
-    channels are averaged.
+    Integer PCM is scaled by its full-scale value (int16: 1/32768, as VGGish does); float WAVs are kept, and
+    refused when their samples exceed ±2 (unscaled PCM saved as float); channels are averaged.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -145,6 +149,12 @@ def load_wav(path: str | Path) -> tuple[np.ndarray, int]:
         samples = data.astype(np.float64) / float(-np.iinfo(data.dtype).min)
     elif np.issubdtype(data.dtype, np.floating):
         samples = data.astype(np.float64)
+        peak = float(np.abs(samples).max()) if samples.size else 0.0
+        if not np.isfinite(peak) or peak > _FLOAT_WAV_MAX:
+            raise ValueError(
+                f"audio file {path} is a float WAV with samples up to {peak:g}; float samples must lie in [-1, 1] "
+                "(this looks like integer PCM stored unscaled): divide by 32768, or save it as 16-bit PCM"
+            )
     else:
         raise ValueError(f"audio file {path} has unsupported sample type {data.dtype}")
     if samples.ndim == 2:

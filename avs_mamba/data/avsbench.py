@@ -108,15 +108,52 @@ def _read_image(path: Path, what: str) -> Image.Image:
         raise DatasetError(f"{what} is not a readable image ({err})", kind="unreadable_image", path=path) from err
 
 
+def _image_size(path: Path, what: str) -> tuple[int, int]:
+    """(width, height) from the image's header alone: the fast up-front scan (no pixel is decoded)."""
+    if not path.is_file():
+        raise DatasetError(f"{what} not found", kind="missing_file", path=path)
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as err:
+        raise DatasetError(f"{what} is not a readable image ({err})", kind="unreadable_image", path=path) from err
+
+
 def _read_frame(path: Path) -> Image.Image:
     return _read_image(path, "video frame").convert("RGB")
 
 
 def _read_binary_mask(path: Path) -> np.ndarray:
-    """S4/MS3 ground truth -> uint8 {0, 1}; any non-zero value (255 in 'L', index in 'P') is foreground."""
+    """S4/MS3 ground truth -> uint8 {0, 1}: a binary mask, 0 = background and one foreground value (255 in 'L' as
+    AVSBench ships them, a raw index in 'P'; an RGB file whose channels are equal counts as grey).
+
+    Anything else is an error, not a guess: the official loaders read S4 masks with PIL ``convert('1')``
+    (OpenNLPLab/AVSBench@f7414aff:avs_scripts/avs_s4/dataloader.py), which dithers grey levels and maps colours
+    through their luma, so a grey or colour mask would not be read as drawn by them nor by a ``value > 0`` rule.
+    """
     im = _read_image(path, "ground-truth mask")
-    # Colour masks: any channel; 1/L/P (raw palette indices)/I/F: the stored value.
-    arr = np.asarray(im.convert("RGB")).max(axis=-1) if im.mode in ("RGB", "RGBA", "LA") else np.asarray(im)
+    if im.mode in ("RGB", "RGBA", "LA"):
+        rgb = np.asarray(im.convert("RGB"))
+        if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
+            raise DatasetError(
+                f"ground-truth mask is a colour ({im.mode}) image; expected a single-channel binary mask "
+                "(0 = background, 255 = foreground)",
+                kind="bad_mask",
+                path=path,
+            )
+        arr = rgb[..., 0]
+    else:  # 1, L, P (raw palette indices), I, F: the stored value
+        arr = np.asarray(im)
+    values = np.unique(arr)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        shown = ", ".join(str(v) for v in values[:5].tolist()) + (", ..." if len(values) > 5 else "")
+        raise DatasetError(
+            f"ground-truth mask has {len(values)} grey levels ({shown}); expected a binary mask (0 = background, "
+            "one foreground value, e.g. 0/255): re-save it thresholded (the official loader's PIL convert('1') "
+            "would dither the grey levels)",
+            kind="bad_mask",
+            path=path,
+        )
     return (arr > 0).astype(np.uint8)
 
 
@@ -272,8 +309,10 @@ class _AVSBenchDataset(Dataset, abc.ABC):
         *,
         mask_size: int | None = None,
         seed: int = 0,
+        skip_unknown_splits: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.skip_unknown_splits = skip_unknown_splits
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not isinstance(image_size, int) or image_size < 1:
@@ -307,7 +346,18 @@ class _AVSBenchDataset(Dataset, abc.ABC):
         return len(self.rows)
 
     def _select(self, df: pd.DataFrame) -> pd.DataFrame:
-        """Rows of this split (the official loaders filter on the ``split`` column)."""
+        """Rows of this split (the official loaders filter on the ``split`` column).
+
+        A row whose split is none of train/val/test (a typo such as "trian") would silently drop its clip from every
+        split: it is an error unless ``skip_unknown_splits`` (``check_dataset`` reports those rows itself)."""
+        bad = df[~df["split"].isin(SPLITS)]
+        if len(bad) and not self.skip_unknown_splits:
+            raise DatasetError(
+                f"{len(bad)} row(s) have a split outside {SPLITS}, e.g. line {bad.index[0] + 2} with split "
+                f"{bad['split'].iloc[0]!r}; fix the metadata CSV (`avs-bench data check` lists every row)",
+                kind="bad_csv",
+                path=self.root / self.csv_name,
+            )
         return df[df["split"] == self.split].reset_index(drop=True)
 
     # -- geometry -------------------------------------------------------------------------------------------------
@@ -326,13 +376,19 @@ class _AVSBenchDataset(Dataset, abc.ABC):
 
     # -- loading --------------------------------------------------------------------------------------------------
 
-    def _load_audio(self, spec: ClipSpec) -> torch.Tensor:
+    def _audio_path(self, spec: ClipSpec) -> Path:
         """``audio_source`` "pkl"/"wav" require that file; "auto" takes the cached log-mel, else the WAV."""
         pkl, wav = spec.audio_pkl, spec.audio_wav
         path = {"pkl": pkl, "wav": wav}.get(self.audio_source, pkl if pkl.is_file() else wav)
         if not path.is_file():
             expected = str(path) if self.audio_source != "auto" else f"{pkl} or {wav}"
             raise DatasetError(f"audio not found; expected {expected}", kind="missing_file", path=path)
+        if path.stat().st_size == 0:
+            raise DatasetError("audio file is empty", kind="bad_audio", path=path)
+        return path
+
+    def _load_audio(self, spec: ClipSpec) -> torch.Tensor:
+        path = self._audio_path(spec)
         try:
             return load_audio_examples(path, self.num_frames, self.audio_pad)
         except FileNotFoundError as err:
@@ -374,6 +430,32 @@ class _AVSBenchDataset(Dataset, abc.ABC):
             kind="size_mismatch",
             path=path,
         )
+
+    def scan_problems(self, index: int) -> list[DatasetError]:
+        """The problems of clip ``index`` found without decoding (milliseconds a clip): file counts, every frame's
+        and mask's header and size, the audio file's presence. Same messages as :meth:`clip_problems`."""
+        problems: list[DatasetError] = []
+        spec = _attempt(lambda: self.clip_spec(index), problems)
+        if spec is None:
+            return problems
+        counted = _attempt(lambda: _check_count(spec.frame_dir, spec.frame_pattern, spec.frames, "frame"), problems)
+        frames = [_attempt(lambda p=p: _image_size(p, "video frame"), problems) for p in spec.frames] if counted else []
+        masks_counted = True
+        if spec.mask_count is not None:
+            folder, pattern = spec.mask_count
+            masks_counted = _attempt(lambda: _check_count(folder, pattern, spec.masks, "mask"), problems)
+        gt = "ground-truth mask"  # the words of _read_binary_mask / _read_*_label, so both scans say the same
+        mask_sizes = [
+            None if p is None or not masks_counted else _attempt(lambda p=p: _image_size(p, gt), problems)
+            for p in spec.masks
+        ]
+        _attempt(lambda: self._audio_path(spec), problems)
+        size = next((f for f in frames if f is not None), None)
+        for what, paths, sizes in (("frame", spec.frames, frames), ("mask", spec.masks, mask_sizes)):
+            for path, got in zip(paths, sizes, strict=False):
+                if size is not None and got is not None and got != size:
+                    _attempt(lambda p=path, g=got, w=what: self._size_error(p, g, size, w), problems)
+        return problems
 
     def clip_problems(self, index: int) -> list[DatasetError]:
         """Every problem of clip ``index`` (all files are read; nothing stops at the first failure)."""

@@ -91,8 +91,8 @@ def check_dataset(root: str | Path, task: str) -> CheckReport:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     report = CheckReport(root=Path(root), task=task)
     for split in SPLITS:
-        # AVSS rows with an unknown label are reported once, by _csv_problems, not by the loader.
-        options = {"skip_unknown_labels": True} if task == "avss" else {}
+        # Rows with an unknown split (or AVSS label) are reported once, by _csv_problems, not by the loader.
+        options = {"skip_unknown_splits": True} | ({"skip_unknown_labels": True} if task == "avss" else {})
         try:
             dataset = build_dataset(task, root, split, **options)
         except DatasetError as err:

@@ -10,7 +10,34 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+def _as_ints(values):
+    """`--config seeds=[0,1,2]` arrives as ['0', '1', '2'] (Snakemake reads list items as strings): digits -> int."""
+    if not isinstance(values, list):
+        return values
+    return [int(v) if isinstance(v, str) and re.fullmatch(r"\s*\d+\s*", v) else v for v in values]
+
+
+def _validate(schema):
+    """snakemake's validate (it fills in the defaults), failing with the first error in one line: its own message
+    dumps the whole schema (hundreds of lines) for a one-key typo."""
+    try:
+        validate(config, schema=schema)
+    except WorkflowError:
+        import jsonschema
+        import yaml
+
+        with open(Path(workflow.basedir) / "workflow" / "schemas" / Path(schema).name) as f:
+            checker = jsonschema.Draft202012Validator(yaml.safe_load(f))
+        error = jsonschema.exceptions.best_match(checker.iter_errors(config))
+        if error is None:
+            raise
+        key = ".".join(str(p) for p in error.absolute_path)
+        where = f"config key '{key}'" if key else "config"
+        raise WorkflowError(f"{where}: {error.message} (schema: workflow/schemas/{Path(schema).name})") from None
+
+
+config["seeds"] = _as_ints(config.get("seeds"))
+_validate("../schemas/config.schema.yaml")
 
 PROFILE = config["profile"]
 DATASETS = list(dict.fromkeys(config["datasets"]))
