@@ -91,7 +91,7 @@ class VisionToAudio(nn.Module):
         )
         self.out_norm = nn.LayerNorm(E)
         self.out_proj = nn.Linear(E, d_model, bias=False)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, per="frame")  # official: (B*T, ...) tensors
 
     def forward(self, vis: Tensor, query: Tensor) -> Tensor:
         """Fuse vision into the audio query.
@@ -142,7 +142,7 @@ class AudioToVision(nn.Module):
         E = self.mixer.d_inner
         self.in_proj_audio = nn.Linear(d_model, E, bias=False)  # no gate on the audio side
         self.conv_audio = _CausalConv(E, conv1d_width)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, per="frame")  # official: (B*T, ...) tensors
 
     def forward(self, vis: Tensor, audio: Tensor) -> Tensor:
         """Fuse audio into vision.
