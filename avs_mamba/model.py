@@ -292,6 +292,7 @@ register_size_preset(
             "d_state": 8,
             "dt_rank": 4,
             "backbone": "pvt_v2_b0",
+            "backbone_drop_path_rate": 0.0,  # the smoke recipe was measured without it
             "pretrained": "none",
             "audio_encoder": "logmel_cnn",
             "head_hidden": 64,

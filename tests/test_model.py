@@ -242,6 +242,19 @@ class TestConfig:
         with pytest.raises(ValueError, match=match):
             create_model("avs_mamba", **options)
 
+    def test_backbone_drop_path_rate(self, paper):
+        """Paper default: PVT-v2's official 0.1 (its last block drops with 0.1); smoke: none; ResNet-50 has none."""
+        assert AVSMambaConfig().backbone_drop_path_rate == 0.1
+        assert paper.backbone.block4[-1].drop_path.drop_prob == pytest.approx(0.1)
+        for size, rate in (("paper", 0.1), ("smoke", 0.0)):
+            assert load_config(ABLATIONS / "full.yaml", size=size).flatten()["model.backbone_drop_path_rate"] == rate
+        assert AVSMambaConfig(backbone="resnet50").backbone_drop_path_rate == 0.0
+        with pytest.raises(ValueError, match="has no stochastic depth"):
+            AVSMambaConfig(backbone="resnet50", backbone_drop_path_rate=0.1)
+        with torch.device("meta"):
+            model = AVSMamba(AVSMambaConfig(backbone_drop_path_rate=0.3))
+        assert model.backbone.block4[-1].drop_path.drop_prob == pytest.approx(0.3)
+
 
 class TestAblationYamls:
     EXPECTED = {
