@@ -17,9 +17,11 @@ Every ablation switch of DESIGN §4 is a config field (``mte.tmb``, ``mad.frame_
 
 Choices where the official code and the paper differ (each an option):
 
-* ``cip.res2_shares_res3_tmb = False``: every CIP level has its own TMB. The official code builds four TMBs, so a
-  per-level block is the design; the res2 level reusing the res3 TMB comes from a commented-out line and leaves the
-  fourth TMB without gradient. True reproduces the sharing (and builds three TMBs).
+* ``cip.res2_shares_res3_tmb = True``: the res2 level runs with the res3 level's TMB, as the official code that
+  produced the published numbers does (SitongGong/AVS-Mamba@91c4fc3a:model/mamba_cmfpn_.py, ``CrossModalFPN``: its
+  res2 step reuses the loop's last ``self_attn``; the fourth TMB it builds is never called). Only three TMBs are
+  built, so the model has 0.74 M parameters fewer than the official count (which includes the unused block) and
+  every parameter gets a gradient. ``False`` is the untied form the four built TMBs suggest: every CIP level its own.
 * ``cip.upsample = "nearest"``: the official code (which produced the published numbers); the paper's Fig. 5 says
   bilinear, available as ``"bilinear"``.
 * ``tmb_kernel = (1, 3, 3)``: the official "3-D" depthwise conv does not mix frames; all temporal mixing is in the
@@ -90,7 +92,7 @@ class CIPOptions(_Options):
     enabled: bool = True
     tmb: bool = True
     a2v: bool = True
-    res2_shares_res3_tmb: bool = False
+    res2_shares_res3_tmb: bool = True  # official; False: res2 gets its own TMB (the untied form)
     upsample: Literal["nearest", "bilinear"] = "nearest"
 
 
