@@ -120,6 +120,9 @@ class AVSMambaConfig(EncoderOptions):
     tmb_kernel: tuple[int, int, int] = (1, 3, 3)
     conv1d_width: int = Field(4, ge=1)  # causal conv over the audio tokens
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)  # the same rate on every residual branch, as the official code
+    # Input projections' 1x1 convs: "torch" = nn.Conv2d's default init, as the official CompFormer (which re-inits
+    # nothing); "xavier" = Xavier-uniform weight, zero bias (the Deformable-DETR / Mask2Former convention).
+    input_proj_init: Literal["torch", "xavier"] = "torch"
     head_hidden: int = Field(2048, ge=1)  # width of the mask head's 1x1-conv FFN
     head_chans: tuple[int, int] = (128, 32)
     mte: MTEOptions = Field(default_factory=MTEOptions)
@@ -206,9 +209,10 @@ class AVSMamba(AVSModel):
         )
         # The head upsamples from the finest level's stride (4) back to the input resolution.
         self.head = MaskHead(C, cfg.num_classes, cfg.head_hidden, cfg.head_chans, scale_factor=self.stem_stride)
-        self._init_input_proj()
+        if cfg.input_proj_init == "xavier":
+            self._xavier_input_proj()
 
-    def _init_input_proj(self) -> None:
+    def _xavier_input_proj(self) -> None:
         # Xavier-uniform 1x1 convs with zero bias: the Deformable-DETR/Mask2Former convention for input projections.
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight, gain=1)

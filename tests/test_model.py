@@ -95,8 +95,9 @@ def test_named_ablation_combinations(no_tmb, frame_only, no_cip):
         {"cip": {"a2v": False}},
         {"cip": {"res2_shares_res3_tmb": False, "upsample": "bilinear"}},
         {"tmb_kernel": (3, 3, 3)},
+        {"input_proj_init": "xavier"},
     ],
-    ids=["no_mte", "mte_tmb_only", "temporal_only_v2a", "cip_tmb_only", "untied_bilinear_cip", "tmb_conv3d"],
+    ids=["no_mte", "mte_tmb_only", "temporal_only_v2a", "cip_tmb_only", "untied_bilinear_cip", "tmb_conv3d", "xavier"],
 )
 def test_other_switches(overrides):
     model = build(**overrides)
@@ -121,6 +122,17 @@ def test_cip_res2_runs_the_res3_tmb_by_default():
     assert calls(build()) == {0: [(S // 8, S // 8), (S // 4, S // 4)], 1: [(S // 16, S // 16)], 2: [(S // 32,) * 2]}
     untied = calls(build(cip={"res2_shares_res3_tmb": False}))
     assert untied == {0: [(S // 4,) * 2], 1: [(S // 8,) * 2], 2: [(S // 16,) * 2], 3: [(S // 32,) * 2]}
+
+
+def test_input_proj_init():
+    """Official: nn.Conv2d's default init (kaiming-uniform a = sqrt(5): weights and biases in +-1/sqrt(fan_in));
+    "xavier": weights in +-sqrt(6 / (fan_in + fan_out)), zero bias. pvt_v2_tiny's res2 has 16 channels, d_model 32:
+    bounds 0.25 and 0.354 (512 weights: the Xavier draw exceeds 0.25 somewhere with probability 1 - 0.71**512)."""
+    conv = build().input_proj[0][0]
+    assert conv.weight.shape == (32, 16, 1, 1)
+    assert conv.weight.abs().max() <= 0.25 and conv.bias.abs().max() <= 0.25 and (conv.bias != 0).all()
+    xavier = build(input_proj_init="xavier").input_proj[0][0]
+    assert 0.25 < xavier.weight.abs().max() <= (6 / 48) ** 0.5 and (xavier.bias == 0).all()
 
 
 def test_no_mad_repeats_the_audio_query():
