@@ -249,6 +249,51 @@ class TestTPAVI:
         assert not torch.allclose(whole, joint, atol=1e-5)  # a 4-frame window mixes frames across the split
 
 
+class TestAVSegFormerOfficial:
+    def test_decoder_drops_attention_weights(self):
+        """Official decoder: nn.MultiheadAttention(dropout=0.1) zeroes ~10 % of the attention weights in training and
+        scales the rest by 1/0.9; the query generator's attention has no dropout; eval mode drops nothing."""
+        model = smoke_model("avsegformer").train()
+        seen = {}
+        for name, module in (("dec", model.decoder[0].cross_attn), ("gen", model.query_generator.layers[0].self_attn)):
+            module.attn_drop.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, (a[0], out)))
+        frames, audio = inputs(B=1, T=2)
+        model(frames, audio)
+        w, dropped = seen["dec"]
+        assert w.numel() > 1000 and (w > 0).all()  # softmax weights: none is zero before the dropout
+        zero = dropped == 0
+        assert 0.06 < zero.float().mean() < 0.14
+        torch.testing.assert_close(dropped[~zero], w[~zero] / 0.9)
+        w, out = seen["gen"]
+        assert torch.equal(w, out)
+        model.eval()
+        with torch.no_grad():
+            model(frames, audio)
+        assert torch.equal(*seen["dec"])
+
+    def test_qkv_init_as_packed_multihead_attention(self):
+        """Decoder and query-generator q/k/v are drawn as one [3C, C] Xavier matrix (bound sqrt(6 / 4C)), their biases
+        are 0; the mixer's k/v as one [2C, C] matrix (bound sqrt(6 / 3C)), its q alone (sqrt(6 / 2C)). At C = 256
+        each 65,536-entry matrix reaches within 1 % of its bound (probability 1 - 0.99**65536)."""
+        C = 256
+        torch.manual_seed(0)
+        model = create_model("avsegformer", **{**size_preset("smoke", "avsegformer")["model"], "d_model": C})
+        packed3, packed2, alone = (6 / (4 * C)) ** 0.5, (6 / (3 * C)) ** 0.5, (6 / (2 * C)) ** 0.5
+
+        def near_bound(w, bound):
+            return 0.99 * bound < w.abs().max() <= bound
+
+        for layer in (*model.decoder, *model.query_generator.layers):
+            for attn in (layer.self_attn, layer.cross_attn):
+                assert all(near_bound(getattr(attn, f"{p}_proj").weight, packed3) for p in "qkv")
+                biases = [getattr(attn, f"{p}_proj").bias for p in ("q", "k", "v", "out")]
+                assert all(b is None or (b == 0).all() for b in biases)
+        mixer = model.mixer.attn
+        assert near_bound(mixer.k_proj.weight, packed2) and near_bound(mixer.v_proj.weight, packed2)
+        assert near_bound(mixer.q_proj.weight, alone)
+        assert (mixer.out_proj.bias != 0).all()  # nn.Linear's default bias, untouched by the head's Xavier pass
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Deformable attention
 
