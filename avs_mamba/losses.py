@@ -1,4 +1,5 @@
-"""Segmentation losses of the AVS-Mamba recipe (official code ``model/criterion_*.py``), shared by every model.
+"""Segmentation losses of the AVS-Mamba recipe (official SitongGong/AVS-Mamba model/criterion_*.py, @91c4fc3a and
+@45ad5bc), shared by every model.
 
 Every loss is computed **per frame** and then averaged over the frames that carry a label, given by
 ``label_flags [B, T]``. That one rule covers the three AVSBench settings:

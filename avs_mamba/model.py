@@ -1,7 +1,8 @@
 """AVS-Mamba: temporal and multi-modal Mamba for audio-visual segmentation.
 
 Gong et al., "AVS-Mamba: Exploring Temporal and Multi-modal Mamba for Audio-Visual Segmentation", IEEE TMM 2025
-(arXiv 2501.07810); official code github.com/SitongGong/AVS-Mamba, whose architecture this re-implements.
+(arXiv 2501.07810); official code SitongGong/AVS-Mamba@e0489c94:model/compformer_ablation.py (``CompFormer``) and
+the modules it imports (@91c4fc3a:model/*.py), whose architecture this re-implements.
 
 Pipeline (C = d_model)::
 
@@ -27,8 +28,9 @@ Choices where the official code and the paper differ (each an option):
 * ``tmb_kernel = (1, 3, 3)``: the official "3-D" depthwise conv does not mix frames; all temporal mixing is in the
   scan. A (3, 3, 3) kernel is a true 3-D conv.
 * AVSS padded frames (``frame_flags`` False): their projected backbone features, their mask features and their
-  output logits are set to zero (official ``compformer_semantic.py`` multiplies by ``vid_temporal_mask_flag``; we zero
-  after the input projection so that no GroupNorm bias re-enters the clip's scans from a padded frame).
+  output logits are set to zero (official @6042af6:model/compformer_semantic.py multiplies by
+  ``vid_temporal_mask_flag``; we zero after the input projection so that no GroupNorm bias re-enters the clip's
+  scans from a padded frame).
 * The visual backbone is trainable after construction; the engine freezes it for the recipe's first epochs through
   ``set_backbone_trainable``. VGGish is always frozen (and kept in eval mode); the log-mel CNN trains.
 """

@@ -200,7 +200,7 @@ class TestInit:
         torch.testing.assert_close(F.softplus(scan.dt_projs_bias), torch.full((4, 32), 1e-4))
 
     def test_official_tmb_parameter_count(self) -> None:
-        """d_model 256, E 512, N 16, R 16, K 8, 1x3x3 conv: 735,232 parameters (avs_mamba.md §3.6: 0.735 M)."""
+        """d_model 256, E 512, N 16, R 16, K 8, 1x3x3 conv: 735,232 parameters (the official TMB's 0.735 M)."""
         tmb = MultiScanMixer(256, d_state=16, dt_rank=16, directions=directions_3d(8))
         hand = 256 * 1024 + (512 * 9 + 512) + 8 * 48 * 512 + 8 * 512 * 16 + 8 * 512 + 8 * 512 * 16 + 8 * 512
         hand += 2 * 512 + 512 * 256

@@ -1,4 +1,4 @@
-"""AVS-Mamba's Contextual Integration Pyramid (CIP) (Gong et al., TMM 2025, Sec. III-D; official
+"""AVS-Mamba's Contextual Integration Pyramid (CIP) (Gong et al., IEEE TMM 2025; official
 SitongGong/AVS-Mamba@91c4fc3a:model/mamba_cmfpn_.py, ``CrossModalFPN``), and the plain FPN it reduces to.
 
 A 4-level top-down FPN over res5 -> res4 -> res3 (the MTE outputs) -> res2 (the stride-4 input projection). Each

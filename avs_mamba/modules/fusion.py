@@ -1,4 +1,5 @@
-"""AVS-Mamba's cross-modal scan blocks (reference avs_mamba.md §3.3-§3.4; official ``cross_modal_mamba.py``).
+"""AVS-Mamba's cross-modal scan blocks (Gong et al., IEEE TMM 2025; official
+SitongGong/AVS-Mamba@91c4fc3a:model/cross_modal_mamba.py, ``AudioVisionFusion``).
 
 * **V2A** (vision -> audio, in the MAD): the audio tokens are APPENDED to every direction's visual sequence, so each
   token's scan output has seen the visual tokens; only the token outputs are read. ``level="frame"`` scans each frame

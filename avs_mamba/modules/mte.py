@@ -1,5 +1,5 @@
-"""AVS-Mamba's Multi-scale Temporal Encoder (MTE) and its blocks (reference avs_mamba.md §3.2; official
-``cross_scale_temporal_v2.py::Layer``, ``mamba_3d_.py``).
+"""AVS-Mamba's Multi-scale Temporal Encoder (MTE) and its blocks (Gong et al., IEEE TMM 2025; official
+SitongGong/AVS-Mamba@91c4fc3a:model/cross_scale_temporal_v2.py, ``Layer``, and model/mamba_3d_.py).
 
 One MTE layer runs, on the res3/res4/res5 maps of a clip:
 
