@@ -157,6 +157,8 @@ class TrainSection(_Section):
     # Loss term -> weight; a weight of 0 switches an inherited term off. "dice" or "dice+bce" is shorthand.
     loss: dict[LossTerm, NonNegativeFloat] = Field(default_factory=lambda: {"dice": 1.0})
     aux_loss_weight: NonNegativeFloat = 1.0  # weight of the losses on the intermediate outputs
+    # TPAVI's AVM term over the labelled frames: "mean" (official AVSS) or "sum" (official MS3, kl_div reduction='sum').
+    avm_reduction: Literal["mean", "sum"] = "mean"
     grad_clip: PositiveFloat | None = None  # max global gradient norm; None = no clipping
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU); the official recipes train in fp32
     seed: int = 0

@@ -117,7 +117,12 @@ def compute_loss(model: nn.Module, output: AVSOutput, batch: Mapping[str, Any], 
             f"model {config.model.name!r} must define a loss(...) method for them"
         )
     return segmentation_loss(
-        output, batch["masks"], batch["label_flags"], weights=weights, aux_weight=config.train.aux_loss_weight
+        output,
+        batch["masks"],
+        batch["label_flags"],
+        weights=weights,
+        aux_weight=config.train.aux_loss_weight,
+        avm_reduction=config.train.avm_reduction,
     )
 
 

@@ -1,4 +1,5 @@
-"""Segmentation losses of the AVS-Mamba recipe (official code ``model/criterion_*.py``), shared by every model.
+"""Segmentation losses of the AVS-Mamba recipe (official SitongGong/AVS-Mamba model/criterion_*.py, @91c4fc3a and
+@45ad5bc), shared by every model.
 
 Every loss is computed **per frame** and then averaged over the frames that carry a label, given by
 ``label_flags [B, T]``. That one rule covers the three AVSBench settings:
@@ -15,7 +16,8 @@ the recipe). Predictions whose size differs from the target are resized bilinear
 
 Two model-specific terms read tensors the model returns in ``AVSOutput.extras`` (final output only, never ``aux``):
 
-* ``avm``: TPAVI's audio-visual matching loss (:func:`avm_loss_per_frame`), from ``avm_audio{i}`` / ``avm_visual{i}``;
+* ``avm``: TPAVI's audio-visual matching loss (:func:`avm_loss_per_frame`), from ``avm_audio{i}`` / ``avm_visual{i}``,
+  averaged over the labelled frames (``avm_reduction="mean"``, official AVSS) or summed (``"sum"``, official MS3);
 * ``mix_dice``: AVSegFormer's mix loss (:func:`mix_dice_loss_per_frame`), from ``mix_map``.
 """
 
@@ -96,7 +98,8 @@ def ce_loss_per_frame(logits: Tensor, target: Tensor, ignore_index: int = 255) -
 def avm_loss_per_frame(logits: Tensor, audio: Sequence[Tensor], visual: Sequence[Tensor]) -> Tensor:
     """TPAVI's audio-visual matching loss (L_AVM, KL form) of each frame, averaged over the TPAVI stages.
 
-    Per stage (official ``avs_ms3/loss.py`` and ``avss/loss.py``, ``A_MaskedV_SimmLoss`` with ``kl_flag``): the
+    Per stage (OpenNLPLab/AVSBench@f7414af:avs_scripts/{avs_ms3,avss}/loss.py, ``A_MaskedV_SimmLoss`` with
+    ``kl_flag``): the
     predicted mask, average-pooled to the stage's size, weights the visual map; its spatial mean is a "masked visual"
     vector v, and the loss is ``KL(softmax(a) || softmax(v))`` summed over channels (a: the stage's projected audio).
     The mask is the sigmoid of the pooled logits for K = 1, and the pooled foreground (argmax != background 0) for
@@ -222,6 +225,7 @@ def segmentation_loss(
     weights: Mapping[str, float] | None = None,
     aux_weight: float = 1.0,
     ignore_index: int = 255,
+    avm_reduction: str = "mean",
 ) -> LossOutput:
     """Recipe loss of a model output.
 
@@ -234,12 +238,16 @@ def segmentation_loss(
             ``avm`` and ``mix_dice`` apply to the final output only and read ``output.extras``.
         aux_weight: weight of each auxiliary output's loss (the recipe's ``interm`` weight, 1).
         ignore_index: target value ignored by ``ce``.
+        avm_reduction: ``"mean"`` (over the labelled frames, official AVSS) or ``"sum"`` (official MS3, whose
+            ``kl_div(..., reduction='sum')`` sums over the batch's frames) for the ``avm`` term.
 
     Returns:
         ``LossOutput`` whose parts are ``{name}`` for the final output, ``aux{i}_{name}`` for the auxiliary
         ones, and ``total``.
     """
     weights = {"dice": 1.0} if weights is None else dict(weights)
+    if avm_reduction not in ("mean", "sum"):
+        raise ValueError(f"avm_reduction must be 'mean' or 'sum', got {avm_reduction!r}")
     logits = output.logits
     if logits.dim() != 5:
         raise ValueError(f"output.logits must be [B, T, K, H, W], got shape {tuple(logits.shape)}")
@@ -269,7 +277,11 @@ def segmentation_loss(
             total = total + scale * weights[name] * value
     for name in MODEL_TERMS:
         if weights.get(name, 0) != 0:
-            value = frame_mean(_model_term(name, output, target, ignore_index), label_flags)
+            per_frame = _model_term(name, output, target, ignore_index)
+            if name == "avm" and avm_reduction == "sum":
+                value = frame_mean(per_frame, label_flags) * label_flags.sum()  # the sum over the labelled frames
+            else:
+                value = frame_mean(per_frame, label_flags)
             parts[name] = value
             total = total + weights[name] * value
     parts["total"] = total

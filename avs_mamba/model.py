@@ -1,7 +1,8 @@
 """AVS-Mamba: temporal and multi-modal Mamba for audio-visual segmentation.
 
 Gong et al., "AVS-Mamba: Exploring Temporal and Multi-modal Mamba for Audio-Visual Segmentation", IEEE TMM 2025
-(arXiv 2501.07810); official code github.com/SitongGong/AVS-Mamba, whose architecture this re-implements.
+(arXiv 2501.07810); official code SitongGong/AVS-Mamba@e0489c94:model/compformer_ablation.py (``CompFormer``) and
+the modules it imports (@91c4fc3a:model/*.py), whose architecture this re-implements.
 
 Pipeline (C = d_model)::
 
@@ -17,16 +18,19 @@ Every ablation switch of DESIGN §4 is a config field (``mte.tmb``, ``mad.frame_
 
 Choices where the official code and the paper differ (each an option):
 
-* ``cip.res2_shares_res3_tmb = False``: every CIP level has its own TMB. The official code builds four TMBs, so a
-  per-level block is the design; the res2 level reusing the res3 TMB comes from a commented-out line and leaves the
-  fourth TMB without gradient. True reproduces the sharing (and builds three TMBs).
+* ``cip.res2_shares_res3_tmb = True``: the res2 level runs with the res3 level's TMB, as the official code that
+  produced the published numbers does (SitongGong/AVS-Mamba@91c4fc3a:model/mamba_cmfpn_.py, ``CrossModalFPN``: its
+  res2 step reuses the loop's last ``self_attn``; the fourth TMB it builds is never called). Only three TMBs are
+  built, so the model has 0.74 M parameters fewer than the official count (which includes the unused block) and
+  every parameter gets a gradient. ``False`` is the untied form the four built TMBs suggest: every CIP level its own.
 * ``cip.upsample = "nearest"``: the official code (which produced the published numbers); the paper's Fig. 5 says
   bilinear, available as ``"bilinear"``.
 * ``tmb_kernel = (1, 3, 3)``: the official "3-D" depthwise conv does not mix frames; all temporal mixing is in the
   scan. A (3, 3, 3) kernel is a true 3-D conv.
 * AVSS padded frames (``frame_flags`` False): their projected backbone features, their mask features and their
-  output logits are set to zero (official ``compformer_semantic.py`` multiplies by ``vid_temporal_mask_flag``; we zero
-  after the input projection so that no GroupNorm bias re-enters the clip's scans from a padded frame).
+  output logits are set to zero (official @6042af6:model/compformer_semantic.py multiplies by
+  ``vid_temporal_mask_flag``; we zero after the input projection so that no GroupNorm bias re-enters the clip's
+  scans from a padded frame).
 * The visual backbone is trainable after construction; the engine freezes it for the recipe's first epochs through
   ``set_backbone_trainable``. VGGish is always frozen (and kept in eval mode); the log-mel CNN trains.
 """
@@ -90,7 +94,7 @@ class CIPOptions(_Options):
     enabled: bool = True
     tmb: bool = True
     a2v: bool = True
-    res2_shares_res3_tmb: bool = False
+    res2_shares_res3_tmb: bool = True  # official; False: res2 gets its own TMB (the untied form)
     upsample: Literal["nearest", "bilinear"] = "nearest"
 
 
@@ -118,6 +122,9 @@ class AVSMambaConfig(EncoderOptions):
     tmb_kernel: tuple[int, int, int] = (1, 3, 3)
     conv1d_width: int = Field(4, ge=1)  # causal conv over the audio tokens
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)  # the same rate on every residual branch, as the official code
+    # Input projections' 1x1 convs: "torch" = nn.Conv2d's default init, as the official CompFormer (which re-inits
+    # nothing); "xavier" = Xavier-uniform weight, zero bias (the Deformable-DETR / Mask2Former convention).
+    input_proj_init: Literal["torch", "xavier"] = "torch"
     head_hidden: int = Field(2048, ge=1)  # width of the mask head's 1x1-conv FFN
     head_chans: tuple[int, int] = (128, 32)
     mte: MTEOptions = Field(default_factory=MTEOptions)
@@ -204,9 +211,10 @@ class AVSMamba(AVSModel):
         )
         # The head upsamples from the finest level's stride (4) back to the input resolution.
         self.head = MaskHead(C, cfg.num_classes, cfg.head_hidden, cfg.head_chans, scale_factor=self.stem_stride)
-        self._init_input_proj()
+        if cfg.input_proj_init == "xavier":
+            self._xavier_input_proj()
 
-    def _init_input_proj(self) -> None:
+    def _xavier_input_proj(self) -> None:
         # Xavier-uniform 1x1 convs with zero bias: the Deformable-DETR/Mask2Former convention for input projections.
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
@@ -292,6 +300,7 @@ register_size_preset(
             "d_state": 8,
             "dt_rank": 4,
             "backbone": "pvt_v2_b0",
+            "backbone_drop_path_rate": 0.0,  # the smoke recipe was measured without it
             "pretrained": "none",
             "audio_encoder": "logmel_cnn",
             "head_hidden": 64,

@@ -1,9 +1,9 @@
 """AVESFormer (Wang et al., "AVESFormer: Efficient Transformer Design for Real-Time Audio-Visual Segmentation",
 arXiv 2408.01708).
 
-**Re-implemented from the paper's description: no code was released** (github.com/MarkXCloud/AVESFormer holds only a
-README, "Code is coming soon"), so block sizes and wiring below are our reading of the text (reference
-avsbench_baselines.md §3.3), not a port; results are not expected to match the published ones exactly. The model
+**Re-implemented from the paper's description: no code was released** (MarkXCloud/AVESFormer@f12e182 holds only a
+README.md, "Code is coming soon"), so block sizes and wiring below are our reading of the paper's text, not a port;
+results are not expected to match the published ones exactly. The model
 class carries ``REIMPLEMENTED_FROM_PAPER = True`` and a ``NOTES`` string for table footnotes.
 
 What the paper states, and how it is realised here (C = ``d_model``):
@@ -261,6 +261,7 @@ register_size_preset(
     {
         "model": {
             "backbone": "pvt_v2_b0",
+            "backbone_drop_path_rate": 0.0,  # the smoke recipe was measured without it
             "pretrained": "none",
             "audio_encoder": "logmel_cnn",
             "d_model": 32,

@@ -1,7 +1,7 @@
 """AVSegFormer (Gao et al., "AVSegFormer: Audio-Visual Segmentation with Transformer", AAAI 2024, arXiv 2307.01146).
 
-Official code: vvvb-github/AVSegFormer (``model/head/AVSegHead.py``, ``model/utils/{transformer,query_generator,
-fusion_block}.py``, HEAD 7083cb6); re-implemented from reference/avsbench_baselines.md §3.2. Every frame is processed
+Official code: vvvb-github/AVSegFormer@7083cb6:model/head/AVSegHead.py and
+``model/utils/{transformer,query_generator,fusion_block}.py`` (HEAD), re-implemented here. Every frame is processed
 independently with its own 1-s audio token. Pipeline (C = ``d_model``, 256)::
 
     frames -> backbone -> 4 maps -> 1x1 conv + GN(32) to C each (in_proj)
@@ -14,6 +14,11 @@ independently with its own 1-s audio token. Pipeline (C = ``d_model``, 256)::
     head: query x mask-feature maps -> 1x1-conv MLP Q -> 2048 -> 2048 -> C, + mask feature -> conv head x4 -> K
 
 The mix loss needs the channel mean of the gated mask feature: ``AVSOutput.extras["mix_map"]`` ``[B, T, 1, h, w]``.
+
+As in the official code: the decoder's attentions (``nn.MultiheadAttention(dropout=0.1)`` there) drop attention
+weights with ``attn_dropout``; the query generator's have no dropout. Their q/k/v projections are initialised as
+``nn.MultiheadAttention``'s packed ``in_proj_weight`` [3C, C] under the head's Xavier pass (bound sqrt(6 / 4C), zero
+biases), the mixer's k/v as its packed ``kv_proj`` [2C, C].
 
 Choices: the multi-scale deformable attention is pure PyTorch (``deform_attn.py``) instead of the compiled CUDA op
 (same maths); attention uses explicit matmuls so FLOP counters count it. AVSS padded frames get zero logits and a zero
@@ -40,6 +45,7 @@ from .common import (
     TransformerLayer,
     sine_position_encoding,
     xavier_init_,
+    xavier_packed_,
 )
 from .deform_attn import MSDeformAttn, encoder_reference_points
 
@@ -132,6 +138,7 @@ class AVSegFormerConfig(BaselineConfig):
     ffn_dim: int = Field(2048, ge=1)  # encoder and decoder FFN
     generator_ffn_dim: int = Field(1024, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attn_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # on the decoder's attention weights (official MHA dropout)
     head_hidden: int = Field(2048, ge=1)  # 1x1-conv MLP of the query-mask head
     head_chans: tuple[int, int] = (128, 32)
     mixer: bool = True  # the cross-modal mixer (fusion block)
@@ -168,7 +175,8 @@ class AVSegFormer(AVSBaseline):
         )
         self.learnable_query = nn.Embedding(cfg.num_queries, C)
         self.decoder = nn.ModuleList(
-            TransformerLayer(C, cfg.num_heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.num_decoder_layers)
+            TransformerLayer(C, cfg.num_heads, cfg.ffn_dim, cfg.dropout, attn_drop=cfg.attn_dropout)
+            for _ in range(cfg.num_decoder_layers)
         )
         self.lateral_conv = nn.Sequential(nn.Conv2d(C, C, 1), nn.GroupNorm(GN_GROUPS, C))
         self.out_conv = nn.Sequential(nn.Conv2d(C, C, 3, padding=1), nn.GroupNorm(GN_GROUPS, C), nn.ReLU(inplace=True))
@@ -189,6 +197,12 @@ class AVSegFormer(AVSBaseline):
                 module.reset_parameters()
         nn.init.normal_(self.level_embed)
         xavier_init_(self.query_generator)
+        # nn.MultiheadAttention's own init (packed in_proj, zero biases) survives the Xavier pass in shape.
+        for layer in (*self.decoder, *self.query_generator.layers):
+            for attn in (layer.self_attn, layer.cross_attn):
+                attn.reset_parameters_packed()
+        if self.mixer is not None:
+            xavier_packed_([self.mixer.attn.k_proj.weight, self.mixer.attn.v_proj.weight])  # official kv_proj [2C, C]
 
     def encode(self, srcs: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Deformable encoder over the flattened levels: ``[N, C, h_l, w_l]`` maps -> memory ``[N, S, C]``."""
@@ -261,6 +275,7 @@ register_size_preset(
     {
         "model": {
             "backbone": "pvt_v2_b0",
+            "backbone_drop_path_rate": 0.0,  # the smoke recipe was measured without it
             "pretrained": "none",
             "audio_encoder": "logmel_cnn",
             "d_model": 32,

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "check_divisible",
     "sine_position_encoding",
     "xavier_init_",
+    "xavier_packed_",
 ]
 
 
@@ -72,6 +74,16 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=bias if out_bias is None else out_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def reset_parameters_packed(self) -> None:
+        """Initialise as ``nn.MultiheadAttention`` followed by a Xavier pass over every matrix (AVSegFormer's decoder
+        and query generator): q/k/v Xavier-uniform as ONE packed ``in_proj_weight`` [3C, C], out_proj Xavier, every
+        projection bias zero."""
+        xavier_packed_([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         """query ``[N, Lq, C]``, key/value ``[N, Lk, C]`` -> ``[N, Lq, C]``."""
@@ -115,6 +127,7 @@ class TransformerLayer(nn.Module):
         self_attn: include the self-attention sub-layer.
         cross_attn: include the cross-attention sub-layer.
         bias: bias of the attention projections.
+        attn_drop: dropout on the attention weights (``nn.MultiheadAttention``'s ``dropout``).
     """
 
     def __init__(
@@ -126,11 +139,12 @@ class TransformerLayer(nn.Module):
         self_attn: bool = True,
         cross_attn: bool = True,
         bias: bool = True,
+        attn_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(dim, num_heads, bias) if self_attn else None
+        self.self_attn = MultiHeadAttention(dim, num_heads, bias, attn_drop) if self_attn else None
         self.norm1 = nn.LayerNorm(dim) if self_attn else None
-        self.cross_attn = MultiHeadAttention(dim, num_heads, bias) if cross_attn else None
+        self.cross_attn = MultiHeadAttention(dim, num_heads, bias, attn_drop) if cross_attn else None
         self.norm2 = nn.LayerNorm(dim) if cross_attn else None
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.norm3 = nn.LayerNorm(dim)
@@ -308,6 +322,17 @@ def xavier_init_(module: nn.Module) -> None:
     for p in module.parameters():
         if p.dim() > 1:
             nn.init.xavier_uniform_(p)
+
+
+def xavier_packed_(weights: Sequence[Tensor]) -> None:
+    """Xavier-uniform init of matrices the official module stores as ONE matrix, rows stacked (nn.MultiheadAttention's
+    ``in_proj_weight`` [3C, C], AVSegFormer's ``kv_proj`` [2C, C]): the bound sqrt(6 / (fan_in + fan_out)) uses the
+    stacked row count as fan_out, so each part is drawn as it would be inside the packed matrix."""
+    fan_in, fan_out = weights[0].shape[1], sum(w.shape[0] for w in weights)
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        for w in weights:
+            w.uniform_(-bound, bound)
 
 
 def check_divisible(name: str, value: int, divisor: int, what: str) -> None:

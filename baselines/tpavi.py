@@ -1,23 +1,28 @@
 """TPAVI: the AVSBench baseline (Zhou et al., "Audio-Visual Segmentation", ECCV 2022; AVSS extension IJCV 2024).
 
-Official code: OpenNLPLab/AVSBench, ``avs_scripts/{avs_s4,avs_ms3,avss}/model/{PVT,ResNet}_AVSModel.py`` and
-``TPAVI.py``; re-implemented from reference/avsbench_baselines.md §3.1. Pipeline (C = ``channels``, 256)::
+Official code: OpenNLPLab/AVSBench@f7414af:avs_scripts/{avs_s4,avs_ms3,avss}/model/{PVT,ResNet}_AVSModel.py and
+``.../model/TPAVI.py``, re-implemented here. Pipeline (C = ``channels``, 256)::
 
     frames [B,T,3,H,W] -> backbone (ResNet-50 or PVT-v2, per frame) -> 4 maps (strides 4..32)
     each map -> ASPP-like neck (four 3x3 convs, dilation 3/6/12/18, summed) -> C channels
     stage i in tpavi_stages: TPAVI non-local block over the (T, H, W) volume of a window of frames, with keys from the
         audio (VGGish 128-d -> Linear -> C, broadcast over H x W) and values from the visual map
-    DPT-style top-down decoder (residual conv units, x2 bilinear upsampling, align_corners=True) to stride 2
+    DPT-style top-down decoder (residual conv units, x2 bilinear upsampling, align_corners=True) to stride 2; each
+        residual unit adds relu(x), not x (the official in-place ReLU overwrites its input)
     -> conv3x3 C->128, x2 bilinear, conv3x3 128->32, ReLU, conv1x1 -> K logits at input resolution
 
 The audio-visual matching (AVM) loss needs each TPAVI stage's audio features and visual map; they are returned in
 ``AVSOutput.extras`` as ``avm_audio{i}`` ``[B, T, C]`` and ``avm_visual{i}`` ``[B, T, C, h, w]`` for the loss module.
+The visual maps are ReLU'd, as the official loss reads them: the decoder's first residual unit on each stage applies
+``nn.ReLU(inplace=True)`` to the very tensor the model returns as ``feature_map_list``.
 
 Choices (each an option where it matters):
 
 * ``affinity="dense"`` forms the (T*H*W)^2 affinity of the official code (its memory and FLOPs are part of the
   baseline's cost: ~1 GB fp32 per 5-frame clip at stage 0 for 224^2 input). ``"factorized"`` computes the same
   output exactly with rank-T algebra (the keys are constant over H x W), for long clips or large inputs.
+* ``audio_proj_bias=True``: the S4/MS3 code's ``align_channel`` Linear(128, C) has a bias; the AVSS code's has none
+  (``tasks.avss`` of ``tpavi.yaml`` sets False).
 * ``window=5``: the AVSS code groups frames by 5 even for 10-frame clips (two independent windows); S4/MS3 clips are
   5 frames, one window. ``None`` attends over the whole clip.
 * The top decoder path has no unused residual unit (the official ``path4.resConfUnit1`` is built but never called);
@@ -75,6 +80,7 @@ class TPAVIBlock(nn.Module):
         audio_dim: width of the audio embedding (VGGish: 128).
         inter_channels: C' inside the block (default C / 2).
         affinity: ``"dense"`` (official) or ``"factorized"`` (same result without the N x N matrix).
+        audio_bias: bias of the audio projection ``align_channel`` (official S4/MS3: yes; AVSS: no).
     """
 
     def __init__(
@@ -83,11 +89,12 @@ class TPAVIBlock(nn.Module):
         audio_dim: int = 128,
         inter_channels: int | None = None,
         affinity: Literal["dense", "factorized"] = "dense",
+        audio_bias: bool = True,
     ) -> None:
         super().__init__()
         inter = inter_channels or max(channels // 2, 1)
         self.affinity = affinity
-        self.align_channel = nn.Linear(audio_dim, channels, bias=False)  # bias-free in the AVSS code
+        self.align_channel = nn.Linear(audio_dim, channels, bias=audio_bias)
         self.theta = nn.Conv3d(channels, inter, 1)
         self.phi = nn.Conv3d(channels, inter, 1)
         self.g = nn.Conv3d(channels, inter, 1)
@@ -127,7 +134,11 @@ class TPAVIBlock(nn.Module):
 
 
 class ResidualConvUnit(nn.Module):
-    """ReLU -> conv3x3 -> ReLU -> conv3x3, plus the input (DPT)."""
+    """ReLU -> conv3x3 -> ReLU -> conv3x3, plus the ReLU'd input.
+
+    The official unit (DPT's) computes ``out = relu(x)`` with ``nn.ReLU(inplace=True)``, which overwrites x, so its
+    ``out + x`` adds relu(x).
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -136,7 +147,8 @@ class ResidualConvUnit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x ``[N, C, h, w]`` -> same shape."""
-        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
+        x = F.relu(x)
+        return self.conv2(F.relu(self.conv1(x))) + x
 
 
 class FeatureFusionBlock(nn.Module):
@@ -169,6 +181,7 @@ class TPAVIConfig(BaselineConfig):
     tpavi_stages: tuple[int, ...] = (0, 1, 2, 3)
     inter_channels: int | None = Field(None, ge=1)  # None: channels // 2
     affinity: Literal["dense", "factorized"] = "dense"
+    audio_proj_bias: bool = True  # official S4/MS3 align_channel; the AVSS code's has no bias
     window: int | None = Field(5, ge=1)  # frames per TPAVI window (official: 5); None = the whole clip
     head_chans: tuple[int, int] = (128, 32)
 
@@ -190,7 +203,10 @@ class TPAVI(AVSBaseline):
         C = config.channels
         self.necks = nn.ModuleList(ASPPNeck(c, C, config.dilations) for c in self.feature_chans)
         self.tpavi = nn.ModuleDict(
-            {str(s): TPAVIBlock(C, self.audio_dim, config.inter_channels, config.affinity) for s in config.tpavi_stages}
+            {
+                str(s): TPAVIBlock(C, self.audio_dim, config.inter_channels, config.affinity, config.audio_proj_bias)
+                for s in config.tpavi_stages
+            }
         )
         # path[3] starts from the coarsest map (no skip), path[2..0] fuse the finer maps; each upsamples x2.
         self.paths = nn.ModuleList(FeatureFusionBlock(C, with_skip=i < 3) for i in range(4))
@@ -231,7 +247,8 @@ class TPAVI(AVSBaseline):
             fused = torch.cat(outs, dim=2).transpose(1, 2).flatten(0, 1)  # [B*T, C, h, w]
             maps[i] = fused * keep if keep is not None else fused
             extras[f"avm_audio{i}"] = torch.cat(auds, dim=1)  # [B, T, C]
-            extras[f"avm_visual{i}"] = maps[i].view(B, T, *maps[i].shape[1:])
+            # The official AVM loss reads the map after the decoder's in-place ReLU (see ResidualConvUnit).
+            extras[f"avm_visual{i}"] = F.relu(maps[i]).view(B, T, *maps[i].shape[1:])
 
         x = self.paths[3](maps[3])  # stride 16
         for i in (2, 1, 0):
@@ -255,6 +272,7 @@ register_size_preset(
     {
         "model": {
             "backbone": "pvt_v2_b0",
+            "backbone_drop_path_rate": 0.0,  # the smoke recipe was measured without it
             "pretrained": "none",
             "audio_encoder": "logmel_cnn",
             "channels": 32,

@@ -221,6 +221,36 @@ class TestPVTAttention:
         model = create_backbone("pvt_v2_tiny", drop_path_rate=0.3)
         assert model.block4[0].drop_path.drop_prob == pytest.approx(0.3)
 
+    def test_b5_official_stochastic_depth(self):
+        """The official pvt_v2_b5 builder: rate 0.1 linear over the 3 + 6 + 40 + 3 = 52 blocks (block n of 0..51
+        drops with 0.1 * n / 51; block 0 has none)."""
+        model = build_meta("pvt_v2_b5")
+        rates = [
+            blk.drop_path.drop_prob if hasattr(blk.drop_path, "drop_prob") else 0.0
+            for i in range(1, 5)
+            for blk in getattr(model, f"block{i}")
+        ]
+        assert len(rates) == 52
+        assert rates == pytest.approx([0.1 * n / 51 for n in range(52)])
+        assert isinstance(model.block1[0].drop_path, torch.nn.Identity)
+        assert model.block3[39].drop_path.drop_prob == pytest.approx(0.1 * 48 / 51)
+        no_sd = build_meta("pvt_v2_b5", drop_path_rate=0.0)
+        assert all(isinstance(b.drop_path, torch.nn.Identity) for i in range(1, 5) for b in getattr(no_sd, f"block{i}"))
+
+    def test_b5_layernorm_eps(self):
+        """Official eps: 1e-5 (plain nn.LayerNorm) in the 4 patch embeddings and the attention reductions of the
+        stages with sr_ratio > 1 (3 + 6 + 40 = 49 blocks), so 53 norms; 1e-6 in the 2 x 52 block norms and the 4
+        stage norms, 108."""
+        model = build_meta("pvt_v2_b5")
+        eps = {}
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                eps.setdefault(m.eps, []).append(name)
+        assert sorted(eps) == [1e-6, 1e-5]
+        assert len(eps[1e-5]) == 53 and len(eps[1e-6]) == 108
+        assert all(n.endswith((".attn.norm", ".norm")) and "block4" not in n for n in eps[1e-5])
+        assert {f"patch_embed{i}.norm" for i in range(1, 5)} <= set(eps[1e-5])
+
 
 @pytest.fixture(scope="module")
 def vggish():

@@ -17,7 +17,7 @@ from avs_mamba.modules.output import AVSOutput
 from avs_mamba.registry import create_model, get_model_entry, list_models
 from baselines.common import MultiHeadAttention, sine_position_encoding
 from baselines.deform_attn import MSDeformAttn, encoder_reference_points, ms_deform_attn_sample
-from baselines.tpavi import TPAVIBlock
+from baselines.tpavi import ResidualConvUnit, TPAVIBlock
 
 BASELINES = ("tpavi", "avsegformer", "avesformer")
 TINY_BACKBONES = ("pvt_v2_tiny", "resnet_tiny")
@@ -176,7 +176,7 @@ class TestTPAVI:
         nn.init.normal_(block.W_z[1].weight)
         x, a = torch.randn(1, 4, 2, 2, 2), torch.randn(1, 2, 3)
         z, a_proj = block(x, a)
-        torch.testing.assert_close(a_proj, a @ block.align_channel.weight.T)
+        torch.testing.assert_close(a_proj, a @ block.align_channel.weight.T + block.align_channel.bias)
         w = lambda conv: conv.weight[:, :, 0, 0, 0]  # noqa: E731
         pixels = [(t, h, ww) for t in range(2) for h in range(2) for ww in range(2)]
         i = (1, 0, 1)
@@ -193,6 +193,47 @@ class TestTPAVI:
         )
         torch.testing.assert_close(z[0, :, i[0], i[1], i[2]], expected, rtol=1e-5, atol=1e-5)
 
+    def test_audio_projection_bias(self):
+        """S4/MS3 official: align_channel has a bias, so silent audio (zeros) projects to the bias, not to 0; AVSS
+        official: no bias, set by the recipe's avss task."""
+        block = TPAVIBlock(4, audio_dim=3)
+        _, a_proj = block(torch.randn(1, 4, 2, 2, 2), torch.zeros(1, 2, 3))
+        torch.testing.assert_close(a_proj, block.align_channel.bias.expand(1, 2, 4))
+        assert block.align_channel.bias.abs().sum() > 0
+        assert TPAVIBlock(4, audio_dim=3, audio_bias=False).align_channel.bias is None
+        recipe = ROOT / "baselines" / "tpavi.yaml"
+        for task, bias in (("s4", True), ("ms3", True), ("avss", False)):
+            model = load_config(recipe, [f"data.task={task}"], size="smoke").build_model()
+            assert all((b.align_channel.bias is not None) == bias for b in model.tpavi.values()), task
+
+    def test_residual_unit_adds_relu_of_input(self):
+        """With zero convs the official unit returns relu(x) + 0: its in-place ReLU has overwritten x."""
+        unit = ResidualConvUnit(3)
+        for conv in (unit.conv1, unit.conv2):
+            nn.init.zeros_(conv.weight), nn.init.zeros_(conv.bias)
+        x = torch.tensor([-1.0, 2.0, -3.0]).view(1, 3, 1, 1).repeat(1, 1, 2, 2)
+        torch.testing.assert_close(unit(x), x.clamp(min=0))
+
+    def test_avm_reads_relu_maps(self):
+        """The AVM visual maps are the decoder's ReLU'd stage maps: non-negative, with zeros where the map was < 0."""
+        model = smoke_model("tpavi", backbone="resnet_tiny").eval()
+        wake_zero_init(model)
+        frames, audio = inputs(B=1, T=2)
+        with torch.no_grad():
+            extras = model(frames, audio).extras
+        for i in range(4):
+            v = extras[f"avm_visual{i}"]
+            assert v.min() == 0 and (v == 0).float().mean() > 0.05, i
+
+    def test_ms3_recipe_sums_avm(self):
+        """Official MS3: lambda_1 = 0.5 on the AVM summed over the batch's frames; S4 has no AVM; AVSS averages."""
+        recipe = ROOT / "baselines" / "tpavi.yaml"
+        ms3 = load_config(recipe, ["data.task=ms3"], size="paper")
+        assert ms3.train.loss == {"bce": 1.0, "avm": 0.5} and ms3.train.avm_reduction == "sum"
+        avss = load_config(recipe, ["data.task=avss"], size="paper")
+        assert avss.train.loss["avm"] == 0.5 and avss.train.avm_reduction == "mean"
+        assert "avm" not in load_config(recipe, size="paper").train.loss
+
     def test_windows_are_independent(self):
         """With window 2, a 4-frame clip equals two 2-frame clips run separately (the AVSS 10 = 2 x 5 grouping)."""
         model = smoke_model("tpavi", backbone="resnet_tiny", window=2).eval()
@@ -206,6 +247,51 @@ class TestTPAVI:
             joint = one_window(frames, audio).logits
         torch.testing.assert_close(whole, parts, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(whole, joint, atol=1e-5)  # a 4-frame window mixes frames across the split
+
+
+class TestAVSegFormerOfficial:
+    def test_decoder_drops_attention_weights(self):
+        """Official decoder: nn.MultiheadAttention(dropout=0.1) zeroes ~10 % of the attention weights in training and
+        scales the rest by 1/0.9; the query generator's attention has no dropout; eval mode drops nothing."""
+        model = smoke_model("avsegformer").train()
+        seen = {}
+        for name, module in (("dec", model.decoder[0].cross_attn), ("gen", model.query_generator.layers[0].self_attn)):
+            module.attn_drop.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, (a[0], out)))
+        frames, audio = inputs(B=1, T=2)
+        model(frames, audio)
+        w, dropped = seen["dec"]
+        assert w.numel() > 1000 and (w > 0).all()  # softmax weights: none is zero before the dropout
+        zero = dropped == 0
+        assert 0.06 < zero.float().mean() < 0.14
+        torch.testing.assert_close(dropped[~zero], w[~zero] / 0.9)
+        w, out = seen["gen"]
+        assert torch.equal(w, out)
+        model.eval()
+        with torch.no_grad():
+            model(frames, audio)
+        assert torch.equal(*seen["dec"])
+
+    def test_qkv_init_as_packed_multihead_attention(self):
+        """Decoder and query-generator q/k/v are drawn as one [3C, C] Xavier matrix (bound sqrt(6 / 4C)), their biases
+        are 0; the mixer's k/v as one [2C, C] matrix (bound sqrt(6 / 3C)), its q alone (sqrt(6 / 2C)). At C = 256
+        each 65,536-entry matrix reaches within 1 % of its bound (probability 1 - 0.99**65536)."""
+        C = 256
+        torch.manual_seed(0)
+        model = create_model("avsegformer", **{**size_preset("smoke", "avsegformer")["model"], "d_model": C})
+        packed3, packed2, alone = (6 / (4 * C)) ** 0.5, (6 / (3 * C)) ** 0.5, (6 / (2 * C)) ** 0.5
+
+        def near_bound(w, bound):
+            return 0.99 * bound < w.abs().max() <= bound
+
+        for layer in (*model.decoder, *model.query_generator.layers):
+            for attn in (layer.self_attn, layer.cross_attn):
+                assert all(near_bound(getattr(attn, f"{p}_proj").weight, packed3) for p in "qkv")
+                biases = [getattr(attn, f"{p}_proj").bias for p in ("q", "k", "v", "out")]
+                assert all(b is None or (b == 0).all() for b in biases)
+        mixer = model.mixer.attn
+        assert near_bound(mixer.k_proj.weight, packed2) and near_bound(mixer.v_proj.weight, packed2)
+        assert near_bound(mixer.q_proj.weight, alone)
+        assert (mixer.out_proj.bias != 0).all()  # nn.Linear's default bias, untouched by the head's Xavier pass
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -344,7 +430,7 @@ def test_paper_tpavi_wiring(backbone):
     counts = paper_counts("tpavi", backbone)
     chans = (64, 128, 320, 512) if backbone == "pvt_v2_b5" else (256, 512, 1024, 2048)
     assert counts["necks"] == sum(4 * (c * C * 9 + C) for c in chans)  # four dilated 3x3 convs per stage
-    block = 128 * C + 3 * (C * 128 + 128) + (128 * C + C) + 2 * C + 2 * C  # align, theta/phi/g, W_z conv + BN, LN
+    block = 128 * C + C + 3 * (C * 128 + 128) + (128 * C + C) + 2 * C + 2 * C  # align, theta/phi/g, W_z conv+BN, LN
     assert counts["tpavi"] == 4 * block
     assert counts["paths"] == 7 * 2 * CONV3  # 3 fusion blocks x 2 RCUs + 1 RCU on the top path
     assert counts["audio_encoder"] == 72_141_184  # VGGish
@@ -421,6 +507,29 @@ class TestModelLossTerms:
         out = segmentation_loss(AVSOutput(logits, extras=extras), target, flags, weights={"bce": 1.0, "avm": 0.5})
         torch.testing.assert_close(out.total, torch.tensor(math.log(2) + 0.5 * KL_HALF))
         assert out.parts["avm"] == pytest.approx(KL_HALF)
+
+    def test_avm_sum_reduction_official_ms3(self):
+        """Official MS3: kl_div(..., reduction='sum') sums the per-frame KL over the batch's B * T frames, weight 0.5.
+        Two clips x 5 frames, every frame with KL_HALF (v = (2, 0) masked to (1, 0), audio 0): AVM = 10 * KL_HALF, the
+        total adds 0.5 x that; "mean" gives KL_HALF. Over labelled frames only: 3 flagged frames sum to 3 * KL_HALF."""
+        B_, T_ = 2, 5
+        logits = torch.zeros(B_, T_, 1, 2, 2)
+        extras = {
+            "avm_audio0": torch.zeros(B_, T_, 2),
+            "avm_visual0": torch.tensor([2.0, 0.0]).view(1, 1, 2, 1, 1).repeat(B_, T_, 1, 1, 1),
+        }
+        output, target = AVSOutput(logits, extras=extras), torch.zeros(B_, T_, 2, 2)
+        weights = {"bce": 1.0, "avm": 0.5}
+        summed = segmentation_loss(output, target, weights=weights, avm_reduction="sum")
+        assert summed.parts["avm"] == pytest.approx(10 * KL_HALF)
+        torch.testing.assert_close(summed.total, torch.tensor(math.log(2) + 0.5 * 10 * KL_HALF))
+        assert segmentation_loss(output, target, weights=weights).parts["avm"] == pytest.approx(KL_HALF)
+        flags = torch.zeros(B_, T_, dtype=torch.bool)
+        flags[0, :2] = flags[1, 4] = True
+        part = segmentation_loss(output, target, flags, weights=weights, avm_reduction="sum").parts["avm"]
+        assert part == pytest.approx(3 * KL_HALF)
+        with pytest.raises(ValueError, match="avm_reduction"):
+            segmentation_loss(output, target, weights=weights, avm_reduction="max")
 
     def test_missing_extras_named(self):
         with pytest.raises(ValueError, match="mix_map"):

@@ -93,10 +93,11 @@ def test_named_ablation_combinations(no_tmb, frame_only, no_cip):
         {"mte": {"spatial": False}},
         {"mad": {"frame_v2a": False}},
         {"cip": {"a2v": False}},
-        {"cip": {"res2_shares_res3_tmb": True, "upsample": "bilinear"}},
+        {"cip": {"res2_shares_res3_tmb": False, "upsample": "bilinear"}},
         {"tmb_kernel": (3, 3, 3)},
+        {"input_proj_init": "xavier"},
     ],
-    ids=["no_mte", "mte_tmb_only", "temporal_only_v2a", "cip_tmb_only", "official_cip_quirks", "tmb_conv3d"],
+    ids=["no_mte", "mte_tmb_only", "temporal_only_v2a", "cip_tmb_only", "untied_bilinear_cip", "tmb_conv3d", "xavier"],
 )
 def test_other_switches(overrides):
     model = build(**overrides)
@@ -104,6 +105,34 @@ def test_other_switches(overrides):
     assert out.logits.shape == (1, T, 1, S, S)
     out.logits.mean().backward()
     assert_all_grads(model)
+
+
+def test_cip_res2_runs_the_res3_tmb_by_default():
+    """Official tying: the CIP builds three TMBs; the res3 one runs twice per forward, on the stride-8 map and then on
+    the stride-4 (res2) map; untied, each of four TMBs runs once on its own level."""
+
+    def calls(model):
+        seen = {i: [] for i in range(len(model.cip.tmbs))}
+        for i, tmb in enumerate(model.cip.tmbs):
+            tmb.register_forward_hook(lambda m, args, out, i=i: seen[i].append(tuple(args[0].shape[2:4])))
+        with torch.no_grad():
+            model(*inputs(b=1))
+        return seen
+
+    assert calls(build()) == {0: [(S // 8, S // 8), (S // 4, S // 4)], 1: [(S // 16, S // 16)], 2: [(S // 32,) * 2]}
+    untied = calls(build(cip={"res2_shares_res3_tmb": False}))
+    assert untied == {0: [(S // 4,) * 2], 1: [(S // 8,) * 2], 2: [(S // 16,) * 2], 3: [(S // 32,) * 2]}
+
+
+def test_input_proj_init():
+    """Official: nn.Conv2d's default init (kaiming-uniform a = sqrt(5): weights and biases in +-1/sqrt(fan_in));
+    "xavier": weights in +-sqrt(6 / (fan_in + fan_out)), zero bias. pvt_v2_tiny's res2 has 16 channels, d_model 32:
+    bounds 0.25 and 0.354 (512 weights: the Xavier draw exceeds 0.25 somewhere with probability 1 - 0.71**512)."""
+    conv = build().input_proj[0][0]
+    assert conv.weight.shape == (32, 16, 1, 1)
+    assert conv.weight.abs().max() <= 0.25 and conv.bias.abs().max() <= 0.25 and (conv.bias != 0).all()
+    xavier = build(input_proj_init="xavier").input_proj[0][0]
+    assert 0.25 < xavier.weight.abs().max() <= (6 / 48) ** 0.5 and (xavier.bias == 0).all()
 
 
 def test_no_mad_repeats_the_audio_query():
@@ -202,17 +231,23 @@ class TestPaperSize:
         assert not paper.audio_encoder.training and paper.head.training
 
     def test_non_backbone_parameter_counts(self, paper):
-        """Per component against the analytic counts of reference/avs_mamba.md §3.6, which are rounded to 0.01 M."""
+        """Per component against analytic counts of the official modules (SitongGong/AVS-Mamba@91c4fc3a), rounded to
+        0.01 M; the official CIP count (8.96 M) includes the fourth TMB it builds but never runs, which the default
+        (tied) model does not build: one single-scale TMB is 735,232 + 512 (its LayerNorm) parameters."""
         counts = paper.parameter_counts()
+        tmb = 735_232 + 512
         reference = {"mte": 3.68e6, "mad": 8.42e6, "cip": 8.96e6, "input_proj": 0.27e6, "audio_proj": 0.03e6}
         reference["head"] = 5.06e6
         for name, expected in reference.items():
-            assert counts[name] == pytest.approx(expected, abs=0.005e6), name
+            assert counts[name] + (tmb if name == "cip" else 0) == pytest.approx(expected, abs=0.005e6), name
         # Exact values of this implementation (d_model 256, d_state 16, dt_rank 16, expand 2, K = 8).
         assert counts["mte"] == 2 * (567_296 + 512 + 535_808 + 512 + 735_232 + 512)
         assert counts["mad"] == 12 * 701_952
         total = sum(v for k, v in counts.items() if k not in ("backbone", "audio_encoder"))
-        assert total == pytest.approx(26.4e6, rel=0.005)
+        assert total + tmb == pytest.approx(26.4e6, rel=0.005)
+        with torch.device("meta"):
+            untied = AVSMamba(AVSMambaConfig(cip={"res2_shares_res3_tmb": False}))
+        assert untied.parameter_counts()["cip"] == counts["cip"] + tmb
 
     def test_resnet50_and_shared_res2_tmb(self):
         """ResNet-50 input projections (256..2048 channels) give ~27.1 M in all; sharing drops one CIP TMB."""
@@ -241,6 +276,19 @@ class TestConfig:
     def test_invalid(self, options, match):
         with pytest.raises(ValueError, match=match):
             create_model("avs_mamba", **options)
+
+    def test_backbone_drop_path_rate(self, paper):
+        """Paper default: PVT-v2's official 0.1 (its last block drops with 0.1); smoke: none; ResNet-50 has none."""
+        assert AVSMambaConfig().backbone_drop_path_rate == 0.1
+        assert paper.backbone.block4[-1].drop_path.drop_prob == pytest.approx(0.1)
+        for size, rate in (("paper", 0.1), ("smoke", 0.0)):
+            assert load_config(ABLATIONS / "full.yaml", size=size).flatten()["model.backbone_drop_path_rate"] == rate
+        assert AVSMambaConfig(backbone="resnet50").backbone_drop_path_rate == 0.0
+        with pytest.raises(ValueError, match="has no stochastic depth"):
+            AVSMambaConfig(backbone="resnet50", backbone_drop_path_rate=0.1)
+        with torch.device("meta"):
+            model = AVSMamba(AVSMambaConfig(backbone_drop_path_rate=0.3))
+        assert model.backbone.block4[-1].drop_path.drop_prob == pytest.approx(0.3)
 
 
 class TestAblationYamls:

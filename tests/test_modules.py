@@ -271,6 +271,58 @@ class TestCIP:
             ContextIntegrationPyramid(C, upsample="bicubic")
 
 
+def _dropped_frames(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the frames whose residual branch contributed nothing (out == x exactly)."""
+    return ((out - x) == 0).flatten(2).all(-1)
+
+
+class TestDropPathGranularity:
+    """Stochastic depth as the official code draws it: per frame in VSS, MixFFN, V2A and A2V (whose official tensors
+    are (B*T, ...)), per clip in the TMBs ((B, T, ...)). With p = 1/2, B = 16 and T = 4, per-frame drawing leaves a
+    clip with both dropped and kept frames with probability 7/8 each, per-clip drawing never."""
+
+    Bd, Td = 16, 4
+
+    def _maps(self, sizes=((3, 3),)):
+        return [torch.randn(self.Bd, self.Td, h, w, C) for h, w in sizes]
+
+    def _check(self, dropped: torch.Tensor, per: str) -> None:
+        mixed = dropped.any(1) & ~dropped.all(1)
+        assert dropped.any() and not dropped.all()
+        if per == "clip":
+            assert not mixed.any(), "a clip's frames must be dropped together"
+        else:
+            assert mixed.sum() >= 8, "frames of a clip must be dropped independently"
+
+    def test_vss_per_frame(self):
+        vss = CrossScaleVSS(C, drop_path=0.5, **SSM).train()
+        xs = self._maps(SIZES)
+        for x, y in zip(xs, vss(xs), strict=True):
+            self._check(_dropped_frames(y, x), "frame")
+
+    def test_mixffn_per_frame(self):
+        ffn = MixFFN(C, 2, drop_path=0.5).train()
+        (x,) = self._maps()
+        self._check(_dropped_frames(ffn(x), x), "frame")
+
+    @pytest.mark.parametrize("level", ["frame", "temporal"])
+    def test_v2a_per_frame(self, level):
+        v2a = VisionToAudio(C, level, drop_path=0.5, **SSM).train()
+        q = torch.randn(self.Bd, self.Td, C)
+        self._check(_dropped_frames(v2a(self._maps()[0], q), q), "frame")
+
+    def test_a2v_per_frame(self):
+        a2v = AudioToVision(C, drop_path=0.5, **SSM).train()
+        (x,) = self._maps()
+        self._check(_dropped_frames(a2v(x, torch.randn(self.Bd, self.Td, C)), x), "frame")
+
+    def test_tmb_per_clip(self):
+        tmb = TemporalMambaBlock(C, k=2, drop_path=0.5, **SSM).train()
+        xs = self._maps(SIZES)
+        for x, y in zip(xs, tmb(xs), strict=True):
+            self._check(_dropped_frames(y, x), "clip")
+
+
 class TestHead:
     def test_shape_grad_and_query_dot_product(self):
         """x4 upsampling; the query enters only through its dot product with the mask features."""

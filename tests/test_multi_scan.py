@@ -200,7 +200,7 @@ class TestInit:
         torch.testing.assert_close(F.softplus(scan.dt_projs_bias), torch.full((4, 32), 1e-4))
 
     def test_official_tmb_parameter_count(self) -> None:
-        """d_model 256, E 512, N 16, R 16, K 8, 1x3x3 conv: 735,232 parameters (avs_mamba.md §3.6: 0.735 M)."""
+        """d_model 256, E 512, N 16, R 16, K 8, 1x3x3 conv: 735,232 parameters (the official TMB's 0.735 M)."""
         tmb = MultiScanMixer(256, d_state=16, dt_rank=16, directions=directions_3d(8))
         hand = 256 * 1024 + (512 * 9 + 512) + 8 * 48 * 512 + 8 * 512 * 16 + 8 * 512 + 8 * 512 * 16 + 8 * 512
         hand += 2 * 512 + 512 * 256
@@ -331,6 +331,25 @@ class TestDropPath:
         assert (drop_path(torch.ones(5, 2), 1.0, training=True) == 0).all()
         with pytest.raises(ValueError, match="drop_prob"):
             DropPath(1.5)
+        with pytest.raises(ValueError, match="per"):
+            DropPath(0.1, per="pixel")
+
+    @pytest.mark.parametrize("per", ["clip", "frame"])
+    def test_per_clip_or_per_frame(self, per: str) -> None:
+        """(B, T, ...) input: per clip, a clip's frames are dropped together; per frame, each frame on its own
+        (with p = 1/2 and 5 frames, a clip comes out all-kept or all-dropped with probability 1/16)."""
+        torch.manual_seed(0)
+        x = torch.rand(200, 5, 3, 2) + 1.0  # no zeros of its own
+        y = DropPath(0.5, per=per).train()(x)
+        dropped = (y == 0).flatten(2).all(-1)  # [B, T]
+        assert ((y == 0) | (y == 2 * x)).all(), "each element is dropped or scaled by 1/keep"
+        assert (dropped == (y == 0).flatten(2).any(-1)).all(), "a frame is dropped as a whole"
+        mixed = (dropped.any(1) & ~dropped.all(1)).float().mean()
+        if per == "clip":
+            assert mixed == 0
+        else:
+            assert 0.8 < mixed < 0.97  # expected 1 - 2 / 2**5 = 0.9375
+        assert 0.4 < dropped.float().mean() < 0.6
 
 
 class TestDWConvTHW:

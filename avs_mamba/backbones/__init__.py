@@ -28,6 +28,7 @@ from .checkpoint import (
     resolve_pretrained,
 )
 from .pvt_v2 import (
+    PVT_V2_DROP_PATH_RATE,
     PVT_V2_PRETRAINED,
     PyramidVisionTransformerV2,
     pvt_v2_b0,
@@ -51,6 +52,7 @@ __all__ = [
     "VGGish",
     "create_audio_encoder",
     "create_backbone",
+    "default_drop_path_rate",
     "list_audio_encoders",
     "list_backbones",
     "load_checkpoint",
@@ -83,6 +85,14 @@ def list_backbones() -> list[str]:
 def list_audio_encoders() -> list[str]:
     """Names accepted by :func:`create_audio_encoder`."""
     return list(_AUDIO_ENCODERS)
+
+
+def default_drop_path_rate(name: str) -> float | None:
+    """The stochastic-depth rate a backbone is built with by default (the official builders' value), or None for a
+    backbone without stochastic depth (ResNet)."""
+    if name not in _BACKBONES:
+        raise ValueError(_unknown(name, list_backbones()))
+    return PVT_V2_DROP_PATH_RATE if name.startswith("pvt_v2") else None
 
 
 def pretrained_spec(name: str) -> PretrainedSpec | None:

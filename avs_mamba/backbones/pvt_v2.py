@@ -1,12 +1,17 @@
 """PVT-v2 backbone (b0-b5) with the official checkpoints' module and parameter names.
 
 Wang et al., "PVT v2: Improved Baselines with Pyramid Vision Transformer", Computational Visual Media 2022
-(arXiv 2106.13797). Names and shapes follow the official classification code, whai362/PVT
-``classification/pvt_v2.py`` (``patch_embed{i}``, ``block{i}.{j}.attn.{q,kv,proj,sr,norm}``, ``mlp.dwconv.dwconv``,
-``norm{i}``, ``head``), so ``pvt_v2_b*.pth`` from the PVT-v2 release loads with strict key checks. The only
-checkpoint keys beyond the feature extractor are the ImageNet classifier ``head.weight``/``head.bias``: a model
-built with ``num_classes=1000`` keeps the head and loads every key; with any other width (0 = no head, the
-segmentation use) exactly those two keys are dropped by name and reported.
+(arXiv 2106.13797). Names and shapes follow the official classification code,
+whai362/PVT@5a6b890:classification/pvt_v2.py (``patch_embed{i}``, ``block{i}.{j}.attn.{q,kv,proj,sr,norm}``,
+``mlp.dwconv.dwconv``, ``norm{i}``, ``head``), so ``pvt_v2_b*.pth`` from the PVT-v2 release loads with strict key
+checks. The only checkpoint keys beyond the feature extractor are the ImageNet classifier
+``head.weight``/``head.bias``: a model built with ``num_classes=1000`` keeps the head and loads every key; with any
+other width (0 = no head, the segmentation use) exactly those two keys are dropped by name and reported.
+
+The segmentation codes use the same file: OpenNLPLab/AVSBench@f7414af:avs_scripts/avs_ms3/model/pvt.py (TPAVI),
+vvvb-github/AVSegFormer@7083cb6:model/backbone/pvt.py and SitongGong/AVS-Mamba@17ec483:model/backbone/pvt.py. All
+build ``pvt_v2_b5`` with stochastic depth 0.1 (linear over the 52 blocks) and LayerNorm eps 1e-6 in the blocks and
+stage norms, while the patch-embedding and attention-reduction LayerNorms are plain ``nn.LayerNorm`` (eps 1e-5).
 
 Attention is written with explicit matmuls rather than ``scaled_dot_product_attention`` so operator-level FLOP
 counters (fvcore, torch.utils.flop_counter on CPU) see it.
@@ -25,6 +30,7 @@ from ._layers import drop_path_rates, stage_indices
 from .checkpoint import PretrainedSpec
 
 __all__ = [
+    "PVT_V2_DROP_PATH_RATE",
     "PVT_V2_PRETRAINED",
     "PyramidVisionTransformerV2",
     "pvt_v2_b0",
@@ -79,7 +85,7 @@ class Attention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         sr_ratio: int = 1,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        reduction_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -95,7 +101,7 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
-            self.norm = norm_layer(dim)
+            self.norm = nn.LayerNorm(dim, eps=reduction_norm_eps)
 
     def forward(self, x: Tensor, H: int, W: int) -> Tensor:
         """x: [B, H*W, C] -> [B, H*W, C]."""
@@ -127,10 +133,11 @@ class Block(nn.Module):
         drop_path: float,
         sr_ratio: int,
         norm_layer: Callable[[int], nn.Module],
+        reduction_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, sr_ratio, norm_layer)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, sr_ratio, reduction_norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -144,12 +151,10 @@ class Block(nn.Module):
 class OverlapPatchEmbed(nn.Module):
     """Overlapping patch embedding: a strided conv (kernel > stride, zero padding) then LayerNorm."""
 
-    def __init__(
-        self, patch_size: int, stride: int, in_chans: int, embed_dim: int, norm_layer: Callable[[int], nn.Module]
-    ) -> None:
+    def __init__(self, patch_size: int, stride: int, in_chans: int, embed_dim: int, norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride, padding=patch_size // 2)
-        self.norm = norm_layer(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
         """x: [B, C_in, H_in, W_in] -> tokens [B, H*W, C] and the grid size H, W."""
@@ -159,7 +164,13 @@ class OverlapPatchEmbed(nn.Module):
 
 
 class PyramidVisionTransformerV2(nn.Module):
-    """Four-stage PVT-v2 with the timm backbone interface (``forward_intermediates``, ``feature_info``)."""
+    """Four-stage PVT-v2 with the timm backbone interface (``forward_intermediates``, ``feature_info``).
+
+    ``norm_eps`` is the eps of the blocks' and stages' LayerNorms (the builders' ``norm_layer``), ``reduction_norm_eps``
+    that of the patch-embedding and attention-reduction LayerNorms, which the official code builds as a plain
+    ``nn.LayerNorm`` (eps 1e-5). ``drop_path_rate`` is the stochastic depth of the last block, rising linearly from
+    0 over all blocks; the class default is 0 and the ``pvt_v2_*`` builders use the official 0.1.
+    """
 
     def __init__(
         self,
@@ -175,6 +186,7 @@ class PyramidVisionTransformerV2(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         norm_eps: float = 1e-6,
+        reduction_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         per_stage = dict(embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths)
@@ -194,7 +206,7 @@ class PyramidVisionTransformerV2(nn.Module):
                 stride=4 if i == 0 else 2,
                 in_chans=in_chans if i == 0 else embed_dims[i - 1],
                 embed_dim=embed_dims[i],
-                norm_layer=norm_layer,
+                norm_eps=reduction_norm_eps,
             )
             block = nn.ModuleList(
                 Block(
@@ -207,6 +219,7 @@ class PyramidVisionTransformerV2(nn.Module):
                     drop_path=dpr[i][j],
                     sr_ratio=sr_ratios[i],
                     norm_layer=norm_layer,
+                    reduction_norm_eps=reduction_norm_eps,
                 )
                 for j in range(depths[i])
             )
@@ -294,8 +307,13 @@ def _release(name: str) -> PretrainedSpec:
 PVT_V2_PRETRAINED = {f"pvt_v2_b{i}": _release(f"pvt_v2_b{i}") for i in range(6)}
 
 
+# Stochastic depth of every official pvt_v2_b* builder (whai362/PVT, and the copies in AVSBench, AVSegFormer and
+# AVS-Mamba); overridden by create_backbone(..., drop_path_rate=...).
+PVT_V2_DROP_PATH_RATE = 0.1
+
+
 def _create(defaults: dict[str, Any], overrides: dict[str, Any]) -> PyramidVisionTransformerV2:
-    return PyramidVisionTransformerV2(**dict(defaults, **overrides))
+    return PyramidVisionTransformerV2(**dict(dict(defaults, drop_path_rate=PVT_V2_DROP_PATH_RATE), **overrides))
 
 
 # Variants from the official file; b1-b5 share widths/heads and differ in depth (and b5 in MLP ratio).

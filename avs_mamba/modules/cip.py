@@ -1,5 +1,5 @@
-"""AVS-Mamba's Contextual Integration Pyramid (CIP) (reference avs_mamba.md §3.4; official
-``mamba_cmfpn_.py::CrossModalFPN``), and the plain FPN it reduces to.
+"""AVS-Mamba's Contextual Integration Pyramid (CIP) (Gong et al., IEEE TMM 2025; official
+SitongGong/AVS-Mamba@91c4fc3a:model/mamba_cmfpn_.py, ``CrossModalFPN``), and the plain FPN it reduces to.
 
 A 4-level top-down FPN over res5 -> res4 -> res3 (the MTE outputs) -> res2 (the stride-4 input projection). Each
 level's Context Fusion Block is: lateral 1x1 conv -> TMB (single-scale, K directions) -> A2V (the clip's projected
@@ -12,7 +12,8 @@ With neither TMB nor A2V the module is the plain FPN of the ``cip.enabled=false`
 Options for the official code's quirks:
 
 * ``res2_shares_res3_tmb``: the official code builds four TMBs but, through a commented-out line, runs res2 with the
-  res3 TMB, leaving the fourth unused. True reproduces the sharing (and builds only three); False gives res2 its own.
+  res3 TMB, leaving the fourth unused. True (the model's default) reproduces the sharing and builds only three;
+  False gives res2 its own.
 * ``upsample``: ``"nearest"`` (official code) or ``"bilinear"`` (the paper's Fig. 5).
 """
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from avs_mamba.backbones import create_audio_encoder, create_backbone, list_backbones
+from avs_mamba.backbones import create_audio_encoder, create_backbone, default_drop_path_rate, list_backbones
 
 __all__ = ["AVSModel", "EncoderOptions"]
 
@@ -25,6 +25,10 @@ class EncoderOptions(BaseModel):
 
     num_classes: int = Field(1, ge=1)  # 1: S4/MS3 (sigmoid), 71: AVSS (softmax)
     backbone: str = "pvt_v2_b5"  # any shared backbone: pvt_v2_b0..b5, resnet50, pvt_v2_tiny, resnet_tiny
+    # Stochastic depth of the visual backbone (timm's `drop_path_rate`: the last block's rate, linear from 0 over
+    # the blocks). None resolves to the backbone's official rate: 0.1 for PVT-v2 (its builders in whai362/PVT@5a6b890
+    # and in the AVSBench, AVSegFormer and AVS-Mamba codes), 0 for ResNet-50, which has none.
+    backbone_drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0)
     audio_encoder: Literal["vggish", "logmel_cnn"] = "vggish"
     pretrained: str = "none"  # visual backbone: "none", "auto" (pretrained_dir/<official file>) or a file path
     # VGGish weights: None follows `pretrained` ("auto" unless it is "none"); the log-mel CNN is always random-init.
@@ -37,6 +41,18 @@ class EncoderOptions(BaseModel):
         if value not in list_backbones():
             raise ValueError(f"unknown backbone {value!r}; expected one of {list_backbones()}")
         return value
+
+    @model_validator(mode="after")
+    def _resolve_backbone_drop_path(self) -> Self:
+        default = default_drop_path_rate(self.backbone)
+        if self.backbone_drop_path_rate is None:
+            self.backbone_drop_path_rate = default or 0.0  # written into the resolved config, so runs record it
+        elif self.backbone_drop_path_rate and default is None:
+            raise ValueError(
+                f"backbone_drop_path_rate={self.backbone_drop_path_rate}: backbone {self.backbone!r} has no stochastic "
+                "depth; leave backbone_drop_path_rate unset (null) or 0"
+            )
+        return self
 
     @property
     def resolved_audio_pretrained(self) -> str:
@@ -58,8 +74,12 @@ class AVSModel(nn.Module):
     def __init__(self, config: EncoderOptions) -> None:
         super().__init__()
         self.config = config
+        has_drop_path = default_drop_path_rate(config.backbone) is not None
         self.backbone = create_backbone(
-            config.backbone, pretrained=config.pretrained, pretrained_dir=config.pretrained_dir
+            config.backbone,
+            pretrained=config.pretrained,
+            pretrained_dir=config.pretrained_dir,
+            drop_path_rate=config.backbone_drop_path_rate if has_drop_path else None,
         )
         self.feature_chans = [info["num_chs"] for info in self.backbone.feature_info]  # strides 4, 8, 16, 32
         self.stem_stride = self.backbone.feature_info[0]["reduction"]

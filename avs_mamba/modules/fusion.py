@@ -1,4 +1,5 @@
-"""AVS-Mamba's cross-modal scan blocks (reference avs_mamba.md §3.3-§3.4; official ``cross_modal_mamba.py``).
+"""AVS-Mamba's cross-modal scan blocks (Gong et al., IEEE TMM 2025; official
+SitongGong/AVS-Mamba@91c4fc3a:model/cross_modal_mamba.py, ``AudioVisionFusion``).
 
 * **V2A** (vision -> audio, in the MAD): the audio tokens are APPENDED to every direction's visual sequence, so each
   token's scan output has seen the visual tokens; only the token outputs are read. ``level="frame"`` scans each frame
@@ -91,7 +92,7 @@ class VisionToAudio(nn.Module):
         )
         self.out_norm = nn.LayerNorm(E)
         self.out_proj = nn.Linear(E, d_model, bias=False)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, per="frame")  # official: (B*T, ...) tensors
 
     def forward(self, vis: Tensor, query: Tensor) -> Tensor:
         """Fuse vision into the audio query.
@@ -142,7 +143,7 @@ class AudioToVision(nn.Module):
         E = self.mixer.d_inner
         self.in_proj_audio = nn.Linear(d_model, E, bias=False)  # no gate on the audio side
         self.conv_audio = _CausalConv(E, conv1d_width)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, per="frame")  # official: (B*T, ...) tensors
 
     def forward(self, vis: Tensor, audio: Tensor) -> Tensor:
         """Fuse audio into vision.

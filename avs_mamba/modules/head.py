@@ -1,4 +1,5 @@
-"""AVS-Mamba mask head (reference avs_mamba.md §3.5; official ``compformer_ablation.py``).
+"""AVS-Mamba mask head (Gong et al., TMM 2025; official SitongGong/AVS-Mamba@e0489c94:model/compformer_ablation.py,
+``mlp`` and ``fc``).
 
 The decoder's audio query (one token per frame) is correlated with the stride-4 mask features by a dot product,
 the resulting 1-channel map is lifted back to ``d_model`` channels by a 1x1-conv FFN and added to the mask

@@ -4,11 +4,18 @@ Written here because timm is not a dependency (its reachable wheels pull a CUDA 
 ``drop_path``: per-sample residual-branch dropping (Huang et al., "Deep Networks with Stochastic Depth", 2016), with
 the kept samples scaled by 1/keep_prob so the expectation is unchanged. For truncated-normal init use
 ``torch.nn.init.trunc_normal_``, which torch ships.
+
+What a "sample" is depends on the layout the official code applies timm's DropPath to: AVS-Mamba's VSS, MixFFN, V2A
+and A2V blocks run on ``(B*T, ...)`` tensors there, so one draw per frame; its TMBs on ``(B, T, ...)``, one draw per
+clip (SitongGong/AVS-Mamba@91c4fc3a: ``model/cross_scale_temporal_v2.py``, ``model/cross_modal_mamba.py``,
+``model/mamba_3d_.py``). :class:`DropPath` takes ``per="frame"`` or ``per="clip"`` for the project's ``(B, T, ...)``
+tensors.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,47 +23,68 @@ from torch import Tensor, nn
 
 __all__ = ["DWConvTHW", "DropPath", "drop_path"]
 
+DROP_PATH_UNITS = ("sample", "clip", "frame")
+_SAMPLE_DIMS = {"sample": 1, "clip": 1, "frame": 2}  # leading dims that index one sample
 
-def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False, scale_by_keep: bool = True) -> Tensor:
-    """Zero whole samples (dim 0) of a residual branch with probability ``drop_prob`` during training.
+
+def drop_path(
+    x: Tensor, drop_prob: float = 0.0, training: bool = False, scale_by_keep: bool = True, sample_dims: int = 1
+) -> Tensor:
+    """Zero whole samples of a residual branch with probability ``drop_prob`` during training.
 
     Args:
-        x: (B, ...) the residual branch output.
+        x: the residual branch output; its first ``sample_dims`` dims index the samples.
         drop_prob: probability in [0, 1] that a sample's branch is dropped.
         training: identity when False.
         scale_by_keep: divide kept samples by 1 - drop_prob.
+        sample_dims: 1: one draw per entry of dim 0 (timm); 2: one per entry of dims (0, 1), e.g. per frame of a
+            ``(B, T, ...)`` tensor.
 
     Returns:
         Tensor shaped like x.
     """
     if not 0.0 <= drop_prob <= 1.0:
         raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
+    if not 1 <= sample_dims <= x.dim():
+        raise ValueError(f"drop_path sample_dims must be in 1..{x.dim()} for a {x.dim()}-D input, got {sample_dims}")
     if drop_prob == 0.0 or not training:
         return x
     keep_prob = 1.0 - drop_prob
     # One Bernoulli draw per sample, broadcast over every other dim.
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep_prob)
+    mask = x.new_empty(x.shape[:sample_dims] + (1,) * (x.dim() - sample_dims)).bernoulli_(keep_prob)
     if keep_prob > 0.0 and scale_by_keep:
         mask.div_(keep_prob)
     return x * mask
 
 
 class DropPath(nn.Module):
-    """Stochastic depth on a residual branch: ``x + DropPath(p)(branch(x))``."""
+    """Stochastic depth on a residual branch: ``x + DropPath(p)(branch(x))``.
 
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
+    Args:
+        drop_prob: probability that a sample's branch is dropped.
+        scale_by_keep: divide kept samples by 1 - drop_prob.
+        per: ``"sample"`` (dim 0, timm), ``"clip"`` (dim 0 of a ``(B, T, ...)`` tensor: the same draw for every frame
+            of a clip) or ``"frame"`` (one draw per (b, t) of a ``(B, T, ...)`` tensor).
+    """
+
+    def __init__(
+        self, drop_prob: float = 0.0, scale_by_keep: bool = True, per: Literal["sample", "clip", "frame"] = "sample"
+    ) -> None:
         super().__init__()
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError(f"DropPath drop_prob must be in [0, 1], got {drop_prob}")
+        if per not in DROP_PATH_UNITS:
+            raise ValueError(f"DropPath per must be one of {DROP_PATH_UNITS}, got {per!r}")
         self.drop_prob = drop_prob
         self.scale_by_keep = scale_by_keep
+        self.per = per
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, ...) -> same shape; identity in eval mode."""
-        return drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+        """x: (B, ...) or, for ``per="frame"``, (B, T, ...) -> same shape; identity in eval mode."""
+        return drop_path(x, self.drop_prob, self.training, self.scale_by_keep, _SAMPLE_DIMS[self.per])
 
     def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob:.3f}"
+        return f"drop_prob={self.drop_prob:.3f}, per={self.per}"
 
 
 class DWConvTHW(nn.Module):

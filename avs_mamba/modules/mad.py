@@ -1,4 +1,5 @@
-"""AVS-Mamba's Modality Aggregation Decoder (MAD) (reference avs_mamba.md §3.3; official ``compformer_ablation.py``).
+"""AVS-Mamba's Modality Aggregation Decoder (MAD) (Gong et al., IEEE TMM 2025; official
+SitongGong/AVS-Mamba@e0489c94:model/compformer_ablation.py, ``mamba_decoder``).
 
 The query is one audio token per frame, initialised with the projected audio features (there are no learnable
 object queries). Each decoder layer visits the MTE outputs res3 -> res4 -> res5 and, at every level, applies a

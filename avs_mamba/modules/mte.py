@@ -1,5 +1,5 @@
-"""AVS-Mamba's Multi-scale Temporal Encoder (MTE) and its blocks (reference avs_mamba.md §3.2; official
-``cross_scale_temporal_v2.py::Layer``, ``mamba_3d_.py``).
+"""AVS-Mamba's Multi-scale Temporal Encoder (MTE) and its blocks (Gong et al., IEEE TMM 2025; official
+SitongGong/AVS-Mamba@91c4fc3a:model/cross_scale_temporal_v2.py, ``Layer``, and model/mamba_3d_.py).
 
 One MTE layer runs, on the res3/res4/res5 maps of a clip:
 
@@ -8,7 +8,8 @@ One MTE layer runs, on the res3/res4/res5 maps of a clip:
 3. a **cross-scale Temporal Mamba Block (TMB)**: one K-direction 3-D scan over the T * sum(H_s W_s) tokens of the clip.
 
 Within a layer each block (with its LayerNorm) is shared by the three scales, as in the official code. Every block is
-pre-norm with a DropPath residual. All scans are built on ``MultiScanMixer`` (``modules/multi_scan.py``). Maps are
+pre-norm with a DropPath residual, drawn independently for each scale as in the official code: per frame in the VSS
+and MixFFN, per clip in the TMB. All scans are built on ``MultiScanMixer`` (``modules/multi_scan.py``). Maps are
 channel-last ``(B, T, H, W, C)`` throughout.
 """
 
@@ -61,7 +62,7 @@ class CrossScaleVSS(nn.Module):
         self.mixer = MultiScanMixer(
             d_model, d_state, d_conv, expand, dt_rank, directions=directions_2d(), backend=backend
         )
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, per="frame")  # official: (B*T, ...) tensors
 
     def forward(self, xs: Sequence[Tensor]) -> list[Tensor]:
         """xs: scales ``(B, T, H_s, W_s, C)`` -> same shapes."""
@@ -82,7 +83,7 @@ class MixFFN(nn.Module):
         self.fc1 = nn.Linear(d_model, hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.fc2 = nn.Linear(hidden, d_model)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, per="frame")  # official: (B*T, ...) tensors
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -127,7 +128,7 @@ class TemporalMambaBlock(nn.Module):
         self.mixer = MultiScanMixer(
             d_model, d_state, conv_kernel(kernel), expand, dt_rank, directions=directions_3d(k), backend=backend
         )
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, per="clip")  # official: (B, T, ...) tensors
 
     def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor | list[Tensor]:
         """x: ``(B, T, H, W, C)`` or a list of scales ``(B, T, H_s, W_s, C)`` -> the same."""

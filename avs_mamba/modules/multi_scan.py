@@ -3,7 +3,7 @@
 ``MultiDirectionScan`` turns (B, E, T, H, W) maps (or a list of scales, plus optional audio tokens) into K sequences,
 one per direction (``avs_mamba.ops.scan_orders``), stacks them along channels to (B, K*E, L), applies per-direction
 ``x_proj``/``dt_proj``, runs ONE grouped ``selective_scan`` (B/C as (B, K, N, L)) and sums the K outputs back in
-(B, E, T, H, W) space. ``MultiScanMixer`` is the SS2D-v0 block around it (avs_mamba.md §3.0): in_proj C->2E,
+(B, E, T, H, W) space. ``MultiScanMixer`` is the SS2D-v0 block around it (VMamba's ``SS2D``): in_proj C->2E,
 depthwise conv + SiLU, the scan, LayerNorm(E), x SiLU(z), out_proj E->C. References: VMamba (Liu et al., 2024;
 MzeroMiko/VMamba ``SS2Dv0``), AVS-Mamba (Gong et al., IEEE TMM 2025; SitongGong/AVS-Mamba).
 
