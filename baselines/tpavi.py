@@ -19,7 +19,8 @@ Choices (each an option where it matters):
   baseline's cost: ~1 GB fp32 per 5-frame clip at stage 0 for 224^2 input). ``"factorized"`` computes the same
   output exactly with rank-T algebra (the keys are constant over H x W), for long clips or large inputs.
 * ``window=5``: the AVSS code groups frames by 5 even for 10-frame clips (two independent windows); S4/MS3 clips are
-  5 frames, one window. ``None`` attends over the whole clip.
+  5 frames, one window. ``window="clip"`` attends over the whole clip (quadratic in T; the scaling study's
+  ``tpavi_wholeclip``). ``null`` means the default (5), as every option's null does.
 * The top decoder path has no unused residual unit (the official ``path4.resConfUnit1`` is built but never called);
   every parameter here gets a gradient. This drops 1.18 M unused parameters from the official count.
 * AVSS padded frames (``frame_flags`` False): the neck maps, TPAVI outputs and logits are multiplied by the flag, as
@@ -29,7 +30,7 @@ Choices (each an option where it matters):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +170,7 @@ class TPAVIConfig(BaselineConfig):
     tpavi_stages: tuple[int, ...] = (0, 1, 2, 3)
     inter_channels: int | None = Field(None, ge=1)  # None: channels // 2
     affinity: Literal["dense", "factorized"] = "dense"
-    window: int | None = Field(5, ge=1)  # frames per TPAVI window (official: 5); None = the whole clip
+    window: Annotated[int, Field(ge=1)] | Literal["clip"] = 5  # frames per TPAVI window (official: 5), or "clip"
     head_chans: tuple[int, int] = (128, 32)
 
     @model_validator(mode="after")
@@ -197,7 +198,7 @@ class TPAVI(AVSBaseline):
         self.head = SegmentationHead(C, config.num_classes, config.head_chans, scale_factor=2, classifier_bias=True)
 
     def _windows(self, T: int) -> list[tuple[int, int]]:
-        size = T if self.config.window is None else self.config.window
+        size = T if self.config.window == "clip" else self.config.window
         return [(start, min(start + size, T)) for start in range(0, T, size)]
 
     def forward(self, frames: Tensor, audio: Tensor, frame_flags: Tensor | None = None) -> AVSOutput:

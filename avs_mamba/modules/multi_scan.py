@@ -45,6 +45,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -237,7 +238,9 @@ class MultiDirectionScan(nn.Module):
             pos = torch.arange(layout.length, device=device).view(1, 1, -1)
             pos_scales, pos_tokens = unflatten(pos, _CANONICAL, layout)
             gather = torch.cat([flatten(pos_scales, d, pos_tokens, layout.tokens_at)[0] for d in self.directions])
-            self._maps[key] = (gather, torch.argsort(gather, dim=-1))
+            # the inverse permutation in numpy: a constant, not an op FLOP counters or tracers should see
+            inverse = torch.from_numpy(np.argsort(gather.cpu().numpy(), axis=-1)).to(device)
+            self._maps[key] = (gather, inverse)
         return self._maps[key]
 
     def _merge(self, y: Tensor, layout: SeqLayout, need_visual: bool) -> tuple[list[Tensor] | None, Tensor | None]:

@@ -217,10 +217,17 @@ def _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, 
         for w in range(LANES):
             ut[j, w] = zero
             dtt[j, w] = zero
+    rows = np.zeros((2, LANES, CHUNK), u.dtype)  # contiguous row copies first, then an in-cache transpose
+    for w in range(wn):
+        ur, dr, bw = u[bi, d0 + w, t0 : t0 + tn], delta[bi, d0 + w, t0 : t0 + tn], bias[d0 + w]
+        ru, rd = rows[0, w], rows[1, w]
+        for j in range(tn):
+            ru[j] = ur[j]
+            rd[j] = dr[j] + bw
     for j in range(tn):
-        for w in range(wn):
-            ut[j, w] = u[bi, d0 + w, t0 + j]
-            dtt[j, w] = delta[bi, d0 + w, t0 + j] + bias[d0 + w]
+        for w in range(LANES):
+            ut[j, w] = rows[0, w, j]
+            dtt[j, w] = rows[1, w, j]
     if softplus:
         for j in range(CHUNK):
             for w in range(LANES):
@@ -235,6 +242,19 @@ def _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, 
         for j in range(tn):
             for w in range(wn):
                 zt[j, w] = z[bi, d0 + w, t0 + j]
+
+
+@njit(inline="always", error_model="numpy")
+def _store_tile(tile, dst, bi, d0, wn, t0, tn):  # pragma: no cover - numba
+    """dst[bi, d0 + w, t0 + j] = tile[j, w]: an in-cache transpose, then contiguous row writes."""
+    rows = np.empty((LANES, CHUNK), tile.dtype)
+    for j in range(tn):
+        for w in range(LANES):
+            rows[w, j] = tile[j, w]
+    for w in range(wn):
+        dr, r = dst[bi, d0 + w, t0 : t0 + tn], rows[w]
+        for j in range(tn):
+            dr[j] = r[j]
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -299,9 +319,7 @@ def _fwd_kernel(u, delta, A, B, C, D, z, bias, has_z, softplus, out, last, one):
                     for w in range(LANES):
                         zj = zt[j, w]
                         yt[j, w] *= zj * _sigmoid(zj)
-            for j in range(tn):
-                for w in range(wn):
-                    out[bi, d0 + w, t0 + j] = yt[j, w]
+            _store_tile(yt, out, bi, d0, wn, t0, tn)
         for w in range(wn):
             for k in range(n):
                 last[bi, d0 + w, k] = h[k, w] + zero
@@ -472,17 +490,13 @@ def _bwd_kernel(
                 hs[0] = ck[ib, c]
                 _bwd_recompute(tn, dtt, ut, zt, has_z, At[ib], Bt, Ct, Dv[ib], hs, dec, dtu, y, dyt, dut, one)
                 if has_z:
-                    for j in range(tn):
-                        for w in range(wn):
-                            dz[bi, d0 + w, t0 + j] = dut[j, w]
+                    _store_tile(dut, dz, bi, d0, wn, t0, tn)
                 _bwd_adjoint(
                     tn, dtt, ut, sgt, dyt, At[ib], Bt, Ct, Dv[ib], hs, dec, gk[ib], dAacc[ib], dDacc[ib], dbacc[ib],
                     dBb, dCb, dtu, gB, gda_a, ddt, dut,
                 )  # fmt: skip
-                for j in range(tn):
-                    for w in range(wn):
-                        du[bi, d0 + w, t0 + j] = dut[j, w]
-                        ddelta[bi, d0 + w, t0 + j] = ddt[j, w]
+                _store_tile(dut, du, bi, d0, wn, t0, tn)
+                _store_tile(ddt, ddelta, bi, d0, wn, t0, tn)
             # The chunk's dB/dC of this task's channels, reduced across lanes.
             for k in range(n):
                 for j in range(tn):
