@@ -94,6 +94,8 @@ PROFILE_KEYS = (
     "latency_ms_median",
     "latency_ms_iqr",
     "fps",
+    "cpu_ms_median",
+    "load_average",
     "name",
     "model",
     "variant",
@@ -159,6 +161,7 @@ ZERO_COST_OPS: tuple[str, ...] = (
     "aten::hardtanh",
     # data movement
     "aten::flip",
+    "aten::lift_fresh",  # a constant (e.g. a cached index map) entering the traced graph
     "aten::meshgrid",
     "aten::pad",
     "aten::repeat",
@@ -447,31 +450,66 @@ def _memory_cuda(model: nn.Module, inputs: Sequence[Tensor], device: torch.devic
 # Latency
 
 
-def _latency(model: nn.Module, inputs: Sequence[Tensor], warmup: int, repeats: int, device: torch.device) -> dict:
-    """Median and IQR of ``repeats`` timed eval forwards after ``warmup`` untimed ones, and the scan backends."""
-    model.eval()
-    recorder = _ScanRecorder()
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            _sync(device)
-            start = time.perf_counter()
-            if i == 0:
-                with recorder:  # the first pass also tells which scan backends run
-                    model(*inputs)
-            else:
-                model(*inputs)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    q1, median, q3 = np.percentile(times, [25, 50, 75])
-    frames = inputs[0].shape[0] * inputs[0].shape[1]
+def _timed_forward(model: nn.Module, inputs: Sequence[Tensor], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one eval forward."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    model(*inputs)
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _latency_summary(walls: Sequence[float], cpus: Sequence[float], frames: int) -> dict[str, Any]:
+    q1, median, q3 = np.percentile(walls, [25, 50, 75])
     return {
         "latency_ms_median": float(median) * 1e3,
         "latency_ms_iqr": float(q3 - q1) * 1e3,
         "fps": frames / float(median),
+        "cpu_ms_median": float(np.median(cpus)) * 1e3,  # CPU time beside wall: robust to a loaded machine
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _latency(model: nn.Module, inputs: Sequence[Tensor], warmup: int, repeats: int, device: torch.device) -> dict:
+    """Median and IQR of ``repeats`` timed eval forwards after ``warmup`` untimed ones (wall and CPU time), and the
+    scan backends."""
+    model.eval()
+    recorder = _ScanRecorder()
+    walls, cpus = [], []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if i == 0:
+                with recorder:  # the first pass also tells which scan backends run
+                    wall, cpu = _timed_forward(model, inputs, device)
+            else:
+                wall, cpu = _timed_forward(model, inputs, device)
+            if i >= warmup:
+                walls.append(wall)
+                cpus.append(cpu)
+    return {
+        **_latency_summary(walls, cpus, inputs[0].shape[0] * inputs[0].shape[1]),
         "scan_backend": recorder.summary(),
     }
+
+
+def _interleaved_latency(
+    model: nn.Module, points: Sequence[tuple[Tensor, Tensor]], warmup: int, repeats: int, device: torch.device
+) -> list[dict[str, Any]]:
+    """Latency of several input shapes measured in rounds (one forward of every point per round, the order rotated
+    each round), so that a change in the machine's load hits all points alike; medians over the rounds."""
+    model.eval()
+    walls: list[list[float]] = [[] for _ in points]
+    cpus: list[list[float]] = [[] for _ in points]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for inputs in points:
+                _timed_forward(model, inputs, device)
+        for r in range(repeats):
+            for i in [(r + k) % len(points) for k in range(len(points))]:
+                wall, cpu = _timed_forward(model, points[i], device)
+                walls[i].append(wall)
+                cpus[i].append(cpu)
+    return [_latency_summary(w, c, p[0].shape[0] * p[0].shape[1]) for w, c, p in zip(walls, cpus, points, strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -673,8 +711,9 @@ def scaling_sweep(
 
     Rows with ``sweep == "frames"`` vary T over ``frames`` at ``base_image_size``; rows with
     ``sweep == "image_size"`` vary the side over ``image_sizes`` at ``base_frames`` (the bases default to the
-    config's ``data.image_size`` and ``data.num_frames``). One model is built and reused for every point; fit the
-    growth with :func:`loglog_slope`.
+    config's ``data.image_size`` and ``data.num_frames``). One model is built and reused for every point; latency
+    (wall and CPU time) is measured over all points in interleaved rounds, medians reported, so that a shared
+    machine's changing load does not bend the slopes. Fit the growth with :func:`loglog_slope`.
     """
     config, model = _build(config_path, size, overrides)
     base_frames = base_frames or config.data.num_frames
@@ -688,7 +727,7 @@ def scaling_sweep(
             frames=t,
             image_size=s,
             device=device,
-            measure=measure,
+            measure=[m for m in measure if m != "latency"],
             warmup=warmup,
             repeats=repeats,
             model_name=config.model.name,
@@ -697,6 +736,15 @@ def scaling_sweep(
             name=config.name,
         )
         rows.append({"sweep": axis, **row})
+    if "latency" in measure:  # all points in interleaved rounds
+        dev = _resolve_device(device)
+        inputs = [make_inputs(batch, t, s, dev) for _, t, s in points]
+        try:
+            for row, lat in zip(rows, _interleaved_latency(model, inputs, warmup, repeats, dev), strict=True):
+                row.update(lat, measured=[*row["measured"], "latency"])
+        except Exception as err:  # as profile_model: a failed measurement is recorded, not raised
+            for row in rows:
+                row["error"] = "; ".join(filter(None, [row["error"], f"latency: {type(err).__name__}: {err}"]))
     return rows
 
 

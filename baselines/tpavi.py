@@ -24,7 +24,8 @@ Choices (each an option where it matters):
 * ``audio_proj_bias=True``: the S4/MS3 code's ``align_channel`` Linear(128, C) has a bias; the AVSS code's has none
   (``tasks.avss`` of ``tpavi.yaml`` sets False).
 * ``window=5``: the AVSS code groups frames by 5 even for 10-frame clips (two independent windows); S4/MS3 clips are
-  5 frames, one window. ``None`` attends over the whole clip.
+  5 frames, one window. ``window="clip"`` attends over the whole clip (quadratic in T; the scaling study's
+  ``tpavi_wholeclip``). ``null`` means the default (5), as every option's null does.
 * The top decoder path has no unused residual unit (the official ``path4.resConfUnit1`` is built but never called);
   every parameter here gets a gradient. This drops 1.18 M unused parameters from the official count.
 * AVSS padded frames (``frame_flags`` False): the neck maps, TPAVI outputs and logits are multiplied by the flag, as
@@ -34,7 +35,7 @@ Choices (each an option where it matters):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +183,7 @@ class TPAVIConfig(BaselineConfig):
     inter_channels: int | None = Field(None, ge=1)  # None: channels // 2
     affinity: Literal["dense", "factorized"] = "dense"
     audio_proj_bias: bool = True  # official S4/MS3 align_channel; the AVSS code's has no bias
-    window: int | None = Field(5, ge=1)  # frames per TPAVI window (official: 5); None = the whole clip
+    window: Annotated[int, Field(ge=1)] | Literal["clip"] = 5  # frames per TPAVI window (official: 5), or "clip"
     head_chans: tuple[int, int] = (128, 32)
 
     @model_validator(mode="after")
@@ -213,7 +214,7 @@ class TPAVI(AVSBaseline):
         self.head = SegmentationHead(C, config.num_classes, config.head_chans, scale_factor=2, classifier_bias=True)
 
     def _windows(self, T: int) -> list[tuple[int, int]]:
-        size = T if self.config.window is None else self.config.window
+        size = T if self.config.window == "clip" else self.config.window
         return [(start, min(start + size, T)) for start in range(0, T, size)]
 
     def forward(self, frames: Tensor, audio: Tensor, frame_flags: Tensor | None = None) -> AVSOutput:

@@ -242,7 +242,7 @@ class TestTPAVI:
         with torch.no_grad():
             whole = model(frames, audio).logits
             parts = torch.cat([model(frames[:, s : s + 2], audio[:, s : s + 2]).logits for s in (0, 2)], dim=1)
-            one_window = smoke_model("tpavi", backbone="resnet_tiny", window=None).eval()
+            one_window = smoke_model("tpavi", backbone="resnet_tiny", window="clip").eval()
             wake_zero_init(one_window)
             joint = one_window(frames, audio).logits
         torch.testing.assert_close(whole, parts, rtol=1e-4, atol=1e-5)
@@ -547,3 +547,16 @@ class TestModelLossTerms:
         loss.total.backward()
         assert set(weights) <= set(loss.parts)
         assert model.audio_encoder.proj.weight.grad.abs().sum() > 0
+
+
+def test_tpavi_window_clip_is_explicit():
+    """``model.window=clip`` selects whole-clip attention; null keeps the default (5), as every option's null."""
+    from avs_mamba.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    whole = load_config(root / "baselines" / "tpavi_wholeclip.yaml", size="smoke")
+    assert whole.model.window == "clip" and whole.variant == "tpavi_wholeclip"
+    assert load_config(root / "baselines" / "tpavi.yaml", ["model.window=clip"], size="smoke").model.window == "clip"
+    assert load_config(root / "baselines" / "tpavi.yaml", ["model.window=null"], size="smoke").model.window == 5
+    with pytest.raises(ValueError, match="window"):
+        load_config(root / "baselines" / "tpavi.yaml", ["model.window=whole"], size="smoke")

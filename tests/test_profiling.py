@@ -16,6 +16,7 @@ from avs_mamba.profiling import (
     MEASUREMENTS,
     PROFILE_KEYS,
     ZERO_COST_OPS,
+    _interleaved_latency,
     count_flops,
     loglog_slope,
     make_inputs,
@@ -262,4 +263,20 @@ def test_scaling_sweep_rows() -> None:
         ("image_size", 1, 96),
     ]
     assert all(r["error"] is None and r["latency_ms_median"] > 0 for r in rows)
+    assert all(r["cpu_ms_median"] > 0 and r["load_average"] >= 0 and "latency" in r["measured"] for r in rows)
     assert set(rows[0]) == {"sweep", *PROFILE_KEYS}
+
+
+def test_interleaved_latency_times_every_point_each_round():
+    """Rounds rotate over the points: with 3 rounds every point gets 3 timed forwards, in a different order."""
+    calls = []
+
+    class Recorder(nn.Module):
+        def forward(self, video, audio):
+            calls.append(video.shape[1])
+            return video
+
+    points = [make_inputs(1, t, 8) for t in (1, 2, 3)]
+    rows = _interleaved_latency(Recorder(), points, warmup=1, repeats=3, device=torch.device("cpu"))
+    assert calls == [1, 2, 3, 1, 2, 3, 2, 3, 1, 3, 1, 2]
+    assert [r["fps"] * r["latency_ms_median"] / 1e3 for r in rows] == pytest.approx([1, 2, 3])

@@ -34,8 +34,9 @@ How the model's blocks are built from it (C = d_model, E = expand*C, LN = LayerN
     q = q + dp(out_proj(out_norm(a_hat.transpose(1, 2)) * F.silu(z)))
     # temporal-level V2A is exactly this; frame-level V2A reshapes to (B*T, E, 1, H, W) and (B*T, E, 1).
 
-The reversed directions see the token block reversed (``scan_orders``), so the forward causal conv is computed once
-and reversed for them, as the official code does.
+The K direction sequences are one gather from the canonical (thw) sequence through index maps cached per layout, and
+the merge one gather back and a sum, whatever K. The reversed directions see the token block reversed
+(``scan_orders``), so the forward causal conv is computed once and reversed for them, as the official code does.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,10 +58,11 @@ from avs_mamba.ops.scan_orders import (
     directions_2d,
     flatten,
     parse_directions,
-    reverse_sequence,
     unflatten,
 )
 from avs_mamba.ops.selective_scan import selective_scan
+
+_CANONICAL = "thw"  # the order the inputs are stored in: flattening along it is a reshape
 
 __all__ = ["MultiDirectionScan", "MultiScanMixer", "MultiScanOutput"]
 
@@ -126,6 +129,7 @@ class MultiDirectionScan(nn.Module):
         self.directions = parse_directions(directions_2d() if directions is None else directions)
         self.tokens_at: TokenPosition = tokens_at
         self.backend = backend
+        self._maps: dict[tuple[SeqLayout, str], tuple[Tensor, Tensor]] = {}  # index maps per (layout, device)
         self.dt_min, self.dt_max, self.dt_init, self.dt_scale, self.dt_init_floor = (
             dt_min,
             dt_max,
@@ -196,14 +200,11 @@ class MultiDirectionScan(nn.Module):
             raise ValueError("need_visual=False leaves nothing to return: pass tokens or keep need_visual=True")
         K, L, R, N = self.k, layout.length, self.dt_rank, self.d_state
 
-        # One flatten per distinct order; its reversed direction reuses it.
-        flat: dict[str, Tensor] = {}
-        seqs = []
-        for d in self.directions:
-            if d.order not in flat:
-                flat[d.order] = flatten(scales, d.order, tokens, self.tokens_at)
-            seqs.append(reverse_sequence(flat[d.order], layout) if d.reverse else flat[d.order])
-        xs = torch.stack(seqs, dim=1)  # (B, K, E, L)
+        # All K sequences in one gather from the canonical (thw, forward) sequence, through index maps built once
+        # per layout; the merge is one gather back to canonical order and a sum over directions.
+        base = flatten(scales, _CANONICAL, tokens, self.tokens_at)  # (B, E, L)
+        gather_idx = self._index_maps(layout, base.device)[0]
+        xs = base.unsqueeze(1).expand(B, K, E, L).gather(3, gather_idx.view(1, K, 1, L).expand(B, K, E, L))
 
         x_dbl = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight)  # (B, K, R+2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
@@ -226,28 +227,32 @@ class MultiDirectionScan(nn.Module):
             return MultiScanOutput(visual[0], token_out)
         return MultiScanOutput(visual, token_out)
 
+    def _index_maps(self, layout: SeqLayout, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(K, L) maps: sequence k is ``canonical[gather[k]]`` and ``canonical = sequence_k[inverse[k]]``.
+
+        Built by flattening the canonical positions along every direction (so they are ``scan_orders``' own
+        permutations), once per (layout, device) and cached on the module.
+        """
+        key = (layout, str(device))
+        if key not in self._maps:
+            pos = torch.arange(layout.length, device=device).view(1, 1, -1)
+            pos_scales, pos_tokens = unflatten(pos, _CANONICAL, layout)
+            gather = torch.cat([flatten(pos_scales, d, pos_tokens, layout.tokens_at)[0] for d in self.directions])
+            # the inverse permutation in numpy: a constant, not an op FLOP counters or tracers should see
+            inverse = torch.from_numpy(np.argsort(gather.cpu().numpy(), axis=-1)).to(device)
+            self._maps[key] = (gather, inverse)
+        return self._maps[key]
+
     def _merge(self, y: Tensor, layout: SeqLayout, need_visual: bool) -> tuple[list[Tensor] | None, Tensor | None]:
-        """(B, K, E, L) scan outputs -> summed scales and tokens, undoing each direction's reversal and order."""
-        # unbind, not y[:, k]: the backward of K selects would zero-fill K full-size (B, K, E, L) gradients.
+        """(B, K, E, L) scan outputs -> summed scales and tokens, each direction's order undone by one gather."""
+        B, K, E, L = y.shape
+        inverse = self._index_maps(layout, y.device)[1]
         if not need_visual:
-            token_out = None
-            for d, t in zip(self.directions, y[..., layout.token_slice].unbind(1), strict=True):
-                t = t.flip(-1) if d.reverse else t
-                token_out = t if token_out is None else token_out + t
-            return None, token_out
-        # Forward + un-reversed outputs of one order add up in sequence space, so each order is un-permuted once.
-        per_order: dict[str, Tensor] = {}
-        for d, yk in zip(self.directions, y.unbind(1), strict=True):
-            yk = reverse_sequence(yk, layout) if d.reverse else yk
-            per_order[d.order] = per_order[d.order] + yk if d.order in per_order else yk
-        visual: list[Tensor] | None = None
-        token_out = None
-        for order, seq in per_order.items():
-            scales, t = unflatten(seq, order, layout)
-            visual = scales if visual is None else [v + s for v, s in zip(visual, scales, strict=True)]
-            if t is not None:
-                token_out = t if token_out is None else token_out + t
-        return visual, token_out
+            inverse = inverse[:, layout.token_slice]
+            n = inverse.shape[1]
+            return None, y.gather(3, inverse.reshape(1, K, 1, n).expand(B, K, E, n)).sum(1)
+        merged = y.gather(3, inverse.view(1, K, 1, L).expand(B, K, E, L)).sum(1)  # (B, E, L), canonical order
+        return unflatten(merged, _CANONICAL, layout)
 
     def extra_repr(self) -> str:
         names = ", ".join(d.name for d in self.directions)

@@ -1,19 +1,26 @@
-"""Fused CPU selective scan (numba): the fast path on CPU, forward and backward.
+"""Fused CPU selective scan (numba), forward and backward, vectorised across channels.
 
-Each (batch, channel) row is one independent recurrence over time with an n-long state, so the kernels run
-``prange`` over rows and keep the state in a small local array: nothing of size (b, d, l, n) is ever built.
+Every (batch, channel) row is an independent recurrence over time; rows of one group share B_t and C_t. The kernels
+put ``LANES`` channels of one (batch, group) in the SIMD lanes: the state of a block is a (n, LANES) local array,
+and each step runs, for each of the n state entries, one vector exp(delta_t A) and two FMAs across the lanes, B_t
+and C_t broadcast. Time is walked in tiles of ``CHUNK`` steps whose (CHUNK, LANES) inputs are transposed into local
+buffers first, so every hot loop is unit-stride over the lanes whatever the input layout (strided inputs are read
+in place). Everything of the call is folded in: delta_bias, softplus, the D skip, the SiLU(z) gate and their
+gradients, and the sums of dB/dC over the channels of a group; a call allocates its outputs and nothing else of
+input size.
 
-* Forward: one pass per row, state in registers; y_t = <C_t, h_t> + D u_t (the z gate is applied outside).
-* Backward: per row, a forward pass computes the decays exp(delta_t A) once (kept in a per-task (l, n) buffer,
-  so memory grows with threads * l * n, never with b * d * l * n) and stores the state every ``CHUNK`` steps;
-  then, chunk by chunk from the end, the chunk's states are recomputed from its checkpoint into a
-  (CHUNK, n) buffer (cache resident) and the reverse-time adjoint g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}
-  yields every input gradient. Rows of one (batch, group) share B and C, so their dB/dC sums are
-  accumulated by one task (no races); large groups are split into parts whose partial sums are added after.
+* Forward: per (batch, block) task, one pass over time.
+* Backward: per (batch, group, part) task over its blocks, pass 1 walks time forwards and stores the block's
+  state entering each chunk (and dt); pass 2 walks the chunks from the end: for every block it recomputes the
+  chunk's states and decays into (CHUNK, n, LANES) buffers and runs the reverse-time adjoint
+  g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}; the chunk's dB/dC lanes of all blocks are summed in a
+  (CHUNK, n, LANES) buffer and reduced across lanes once per chunk. At CHUNK = 32, n = 16 the four buffers are
+  128 KiB: L2-resident.
 
-``exp`` dominates the cost (one per (t, n)). Without Intel SVML numba calls scalar libm ``exp``, so
-:func:`exp_scaled_into` is a branch-free exp (Cody-Waite range reduction + Taylor polynomial + exponent bits) that
-LLVM vectorises; its error is ~1 ulp in float32 and ~1e-15 relative in float64.
+``exp`` dominates the cost (one per (t, n) and channel). :func:`exp_scaled_into` and the kernels use one branch-free
+exp (Cody-Waite range reduction, Taylor polynomial, exponent bits through an LLVM bitcast) that LLVM vectorises
+(numba calls scalar libm ``exp``/``log1p`` otherwise); its error is ~1 ulp in float32 and ~1e-15 relative in
+float64. softplus and sigmoid are built on it (log1p through an atanh series with Goldberg's correction).
 """
 
 from __future__ import annotations
@@ -23,27 +30,50 @@ import math
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 from torch import Tensor
 
 from avs_mamba.ops.scan_reference import check_scan_inputs, compute_dtype
 
-__all__ = ["CHUNK", "SelectiveScanNumbaFn", "exp_scaled_into", "int_view", "scan_numba_bwd", "scan_numba_fwd"]
+__all__ = [
+    "CHUNK",
+    "LANES",
+    "SelectiveScanNumbaFn",
+    "exp_scaled_into",
+    "int_view",
+    "scan_numba_bwd",
+    "scan_numba_fwd",
+]
 
-CHUNK = 64  # steps between stored states in backward; (CHUNK, n) buffers stay in L1/L2
-_FASTMATH = {"contract", "reassoc"}  # fma + reordered sums over n (to vectorise); never nnan/ninf
+CHUNK = 32  # steps per time tile; also the backward's checkpoint spacing
+LANES = 16  # channels per SIMD block: one zmm (AVX-512) or two ymm (AVX2) of float32
+_FASTMATH = {"contract", "reassoc"}  # fma + reordered sums (to vectorise); never nnan/ninf/afn
 
 
-def exp_scaled_into(s: float, x: np.ndarray, out: np.ndarray, scale: np.ndarray, bits: np.ndarray) -> None:
-    """out[k] = exp(s * x[k]) for 1-D float arrays; ``scale`` is float scratch and ``bits`` its integer view.
+# ---- vectorisable elementwise math ----------------------------------------------------------------------------
 
-    This Python body is the meaning; inside numba code the :func:`_exp_scaled_into_jit` overload runs instead.
-    Results below the smallest normal number flush to 0, above the largest finite one give inf.
-    The product s * x is formed inside the loop: reading it from a buffer halves the kernels' speed.
-    """
-    np.exp(s * x, out=out)
+
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float whose bit pattern is ``bits`` (int32 -> float32, int64 -> float64): one LLVM bitcast."""
+    if bits == types.int32:
+        ret, llty = types.float32, ir.FloatType()
+    elif bits == types.int64:
+        ret, llty = types.float64, ir.DoubleType()
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llty)
+
+    return ret(bits), codegen
+
+
+def _vexp(x: float) -> float:
+    """exp(x); inside numba code the branch-free overload below runs (the meaning is this body)."""
+    return math.exp(x)
 
 
 _LN2 = {  # ln2 = hi + lo with k * hi exact for the k in range (fdlibm's split)
@@ -54,18 +84,20 @@ _LN2 = {  # ln2 = hi + lo with k * hi exact for the k in range (fdlibm's split)
 _RANGE = {types.float32: (-87.33, 88.72), types.float64: (-708.39, 709.78)}
 
 
-@overload(exp_scaled_into, inline="always")  # inlined into the kernels: a call would block vectorisation
-def _exp_scaled_into_jit(s, x, out, scale, bits):
-    ftype = np.float32 if x.dtype == types.float32 else np.float64
-    lo, hi = (ftype(v) for v in _RANGE[x.dtype])
-    ln2hi, ln2lo = (ftype(v) for v in _LN2[x.dtype])
+@overload(_vexp, inline="always")
+def _vexp_jit(x):
+    if x not in (types.float32, types.float64):
+        return None
+    f32 = x == types.float32
+    ftype = np.float32 if f32 else np.float64
+    itype = np.int32 if f32 else np.int64
+    lo, hi = (ftype(v) for v in _RANGE[x])
+    ln2hi, ln2lo = (ftype(v) for v in _LN2[x])
     log2e, half = ftype(1.4426950408889634), ftype(0.5)
-    bias, mant = (127, 23) if x.dtype == types.float32 else (1023, 52)
+    bias, mant = (127, 23) if f32 else (1023, 52)
     # Taylor coefficients 1/j!; with |r| <= ln2/2 the truncation error is r^(m+1)/(m+1)!: m = 6 gives
-    # < 1.2e-7 (float32), m = 12 gives < 2e-16 (float64). Horner is written out: a loop over a tuple
-    # does not vectorise.
-    c = [ftype(1.0 / math.factorial(j)) for j in range(13)]
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12 = c
+    # < 1.2e-7 (float32), m = 12 gives < 2e-16 (float64). Horner written out: a loop over a tuple does not vectorise.
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12 = (ftype(1.0 / math.factorial(j)) for j in range(13))
 
     def poly32(r):
         return c0 + r * (c1 + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * c6)))))
@@ -74,22 +106,92 @@ def _exp_scaled_into_jit(s, x, out, scale, bits):
         inner = c7 + r * (c8 + r * (c9 + r * (c10 + r * (c11 + r * c12))))
         return c0 + r * (c1 + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * inner))))))
 
-    poly = njit(inline="always")(poly32 if x.dtype == types.float32 else poly64)
+    poly = njit(inline="always")(poly32 if f32 else poly64)
 
+    def impl(x):
+        xc = min(max(x, lo), hi)
+        kf = np.floor(xc * log2e + half)  # x = k ln2 + r, |r| <= ln2 / 2
+        p = poly(xc - kf * ln2hi - kf * ln2lo)
+        scale = _float_from_bits(itype((int(kf) + bias) << mant))  # the float 2**k
+        return p * scale * ftype(x >= lo)  # flush below lo; NaN stays NaN (NaN * 0)
+
+    return impl
+
+
+def _softplus(x: float) -> float:
+    """torch's softplus (beta 1, threshold 20): x above 20, else log(1 + exp(x))."""
+    return x if x > 20 else math.log1p(math.exp(x))
+
+
+@overload(_softplus, inline="always")
+def _softplus_jit(x):
+    if x not in (types.float32, types.float64):
+        return None
+    f32 = x == types.float32
+    ftype = np.float32 if f32 else np.float64
+    one, zero, half, two = ftype(1.0), ftype(0.0), ftype(0.5), ftype(2.0)
+    sqrt2, ln2, thresh = ftype(math.sqrt(2.0)), ftype(math.log(2.0)), ftype(20.0)
+    # log(m) = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716 for m in [1/sqrt2, sqrt2]: terms s^(2j+1)/(2j+1)
+    # to j = 5 (float32) / 11 (float64) leave a relative error below 2e-9 / 2e-17.
+    q = [ftype(1.0 / (2 * j + 1)) for j in range(12)]
+    q0, q1, q2, q3, q4, q5, q6, q7, q8, q9, q10, q11 = q
+
+    def series32(s2):
+        return q0 + s2 * (q1 + s2 * (q2 + s2 * (q3 + s2 * (q4 + s2 * q5))))
+
+    def series64(s2):
+        inner = q6 + s2 * (q7 + s2 * (q8 + s2 * (q9 + s2 * (q10 + s2 * q11))))
+        return q0 + s2 * (q1 + s2 * (q2 + s2 * (q3 + s2 * (q4 + s2 * (q5 + s2 * inner)))))
+
+    series = njit(inline="always")(series32 if f32 else series64)
+
+    def impl(x):
+        e = _vexp(-abs(x))  # softplus(x) = max(x, 0) + log1p(exp(-|x|)), e in (0, 1]
+        v = one + e
+        big = ftype(v > sqrt2)  # flags as 0/1 floats: branch-free selects
+        m = v * (one - half * big)
+        s = (m - one) / (m + one)
+        logv = two * s * series(s * s) + ln2 * big
+        den = v - one
+        exact = ftype(den == zero)  # v = fl(1 + e) = 1: log1p(e) = e
+        l1p = logv * (e / (den + exact)) + e * exact  # Goldberg: log1p(e) = log(v) e / (v - 1)
+        return max(x, zero) + l1p * ftype(x <= thresh)  # above the threshold: x
+
+    return impl
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@overload(_sigmoid, inline="always")
+def _sigmoid_jit(x):
+    if x not in (types.float32, types.float64):
+        return None
+    one = np.float32(1.0) if x == types.float32 else np.float64(1.0)
+    return lambda x: one / (one + _vexp(-x))
+
+
+def exp_scaled_into(s: float, x: np.ndarray, out: np.ndarray, scale: np.ndarray, bits: np.ndarray) -> None:
+    """out[k] = exp(s * x[k]) for 1-D float arrays (``scale``, ``bits``: scratch kept for the call signature).
+
+    This Python body is the meaning; inside numba code the overload runs the kernels' exp. Results below the
+    smallest normal number flush to 0, above the largest finite one give inf.
+    """
+    np.exp(s * x, out=out)
+
+
+@overload(exp_scaled_into, inline="always")
+def _exp_scaled_into_jit(s, x, out, scale, bits):
     def impl(s, x, out, scale, bits):
         for k in range(x.shape[0]):
-            xk = min(max(s * x[k], lo), hi)
-            kf = np.floor(xk * log2e + half)  # x = k ln2 + r, |r| <= ln2 / 2
-            out[k] = poly(xk - kf * ln2hi - kf * ln2lo)
-            bits[k] = (int(kf) + bias) << mant  # the float 2**k, written through the integer view
-        for k in range(x.shape[0]):
-            out[k] = out[k] * scale[k] * ftype(s * x[k] >= lo)  # flush below lo; NaN stays NaN (NaN * 0)
+            out[k] = _vexp(s * x[k])
 
     return impl
 
 
 def int_view(x: np.ndarray) -> np.ndarray:
-    """The same memory as x seen as integers of the same width (exp_scaled_into writes exponents through it)."""
+    """The same memory as x seen as integers of the same width."""
     return x.view(np.int32 if x.itemsize == 4 else np.int64)
 
 
@@ -99,160 +201,365 @@ def _int_view_jit(x):
     return lambda x: x.view(itype)
 
 
-# Scalars are kept in the data dtype: numba types float32 op int-literal as float64, so kernels derive a typed
-# ``zero`` from the data instead of writing literals. The kernels see the effective step dt (after bias and
-# softplus) and produce y before the z gate: softplus and SiLU are applied around them in torch, vectorised
-# (numba would call scalar libm exp/log1p once per (row, t), a sizeable share of the forward's time).
+# ---- kernels ----------------------------------------------------------------------------------------------------
+# Scalars stay in the data dtype: numba types float32 op float-literal as float64, so the kernels take ``one`` in
+# the data dtype and derive every other constant from it. Absent D / delta_bias are passed as zeros, absent z as a
+# (1, 1, 1) dummy with has_z False.
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _fwd_kernel(u, dt, A, Bt, Ct, D, y, last):  # pragma: no cover - numba
+@njit(inline="always", error_model="numpy")
+def _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one):  # pragma: no cover
+    """Transpose (channels d0..d0+wn, steps t0..t0+tn) of u, dt = [softplus](delta + bias) into (CHUNK, LANES)
+    tiles; sgt gets d dt / d delta, zt z. Padding lanes and steps: u = dt = 0. The transposing copies are plain
+    moves; the elementwise math then runs over the contiguous tiles, vectorised."""
+    zero = one - one
+    for j in range(CHUNK):
+        for w in range(LANES):
+            ut[j, w] = zero
+            dtt[j, w] = zero
+    rows = np.zeros((2, LANES, CHUNK), u.dtype)  # contiguous row copies first, then an in-cache transpose
+    for w in range(wn):
+        ur, dr, bw = u[bi, d0 + w, t0 : t0 + tn], delta[bi, d0 + w, t0 : t0 + tn], bias[d0 + w]
+        ru, rd = rows[0, w], rows[1, w]
+        for j in range(tn):
+            ru[j] = ur[j]
+            rd[j] = dr[j] + bw
+    for j in range(tn):
+        for w in range(LANES):
+            ut[j, w] = rows[0, w, j]
+            dtt[j, w] = rows[1, w, j]
+    if softplus:
+        for j in range(CHUNK):
+            for w in range(LANES):
+                raw = dtt[j, w]
+                sgt[j, w] = one - (one - _sigmoid(raw)) * (raw <= 20)  # slope 1 above the threshold
+                dtt[j, w] = _softplus(raw)
+    else:
+        for j in range(CHUNK):
+            for w in range(LANES):
+                sgt[j, w] = one
+    if has_z:
+        for j in range(tn):
+            for w in range(wn):
+                zt[j, w] = z[bi, d0 + w, t0 + j]
+
+
+@njit(inline="always", error_model="numpy")
+def _store_tile(tile, dst, bi, d0, wn, t0, tn):  # pragma: no cover - numba
+    """dst[bi, d0 + w, t0 + j] = tile[j, w]: an in-cache transpose, then contiguous row writes."""
+    rows = np.empty((LANES, CHUNK), tile.dtype)
+    for j in range(tn):
+        for w in range(LANES):
+            rows[w, j] = tile[j, w]
+    for w in range(wn):
+        dr, r = dst[bi, d0 + w, t0 : t0 + tn], rows[w]
+        for j in range(tn):
+            dr[j] = r[j]
+
+
+@njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _fwd_steps(tn, dtt, ut, At, Bt, Ct, Dv, h, dtu, y, yt):  # pragma: no cover - numba
+    """tn steps of one block: h (n, LANES) advanced in place, pre-gate outputs into yt (CHUNK, LANES).
+
+    A function of its own (called once per tile): compiled alone, LLVM vectorises its lane loops; inlined into
+    the parallel kernel it does not."""
+    n = h.shape[0]
+    for j in range(tn):
+        for w in range(LANES):
+            dtu[w] = dtt[j, w] * ut[j, w]
+            y[w] = Dv[w] * ut[j, w]
+        for k in range(n):
+            bk, ck = Bt[j, k], Ct[j, k]
+            for w in range(LANES):
+                hk = _vexp(dtt[j, w] * At[k, w]) * h[k, w] + dtu[w] * bk
+                h[k, w] = hk
+                y[w] += hk * ck
+        for w in range(LANES):
+            yt[j, w] = y[w]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _fwd_kernel(u, delta, A, B, C, D, z, bias, has_z, softplus, out, last, one):  # pragma: no cover - numba
     b, d, l = u.shape
-    g, n = Bt.shape[1], A.shape[1]
+    g, n = B.shape[1], A.shape[1]
     hpg = d // g
-    for row in prange(b * d):
-        bi, di = row // d, row % d
-        gi = di // hpg
-        h = np.zeros(n, u.dtype)
-        a = np.empty(n, u.dtype)
-        scale = np.empty(n, u.dtype)
-        bits = int_view(scale)
-        Ar = A[di]
-        for t in range(l):
-            dtt, ut = dt[bi, di, t], u[bi, di, t]
-            dtu = dtt * ut
-            exp_scaled_into(dtt, Ar, a, scale, bits)
-            Bk, Ck = Bt[bi, gi, t], Ct[bi, gi, t]
-            yt = D[di] * ut
+    nblk = (hpg + LANES - 1) // LANES
+    zero = one - one
+    for task in prange(b * g * nblk):
+        bi, rest = task // (g * nblk), task % (g * nblk)
+        gi, blk = rest // nblk, rest % nblk
+        d0 = gi * hpg + blk * LANES
+        wn = min(LANES, hpg - blk * LANES)
+        At = np.zeros((n, LANES), u.dtype)
+        Dv = np.zeros(LANES, u.dtype)
+        for w in range(wn):
+            Dv[w] = D[d0 + w]
             for k in range(n):
-                hk = a[k] * h[k] + dtu * Bk[k]
-                h[k] = hk
-                yt += hk * Ck[k]
-            y[bi, di, t] = yt
-        last[bi, di] = h
+                At[k, w] = A[d0 + w, k]
+        h = np.zeros((n, LANES), u.dtype)
+        ut = np.empty((CHUNK, LANES), u.dtype)
+        dtt = np.empty((CHUNK, LANES), u.dtype)
+        sgt = np.empty((CHUNK, LANES), u.dtype)
+        zt = np.zeros((CHUNK, LANES), u.dtype)
+        yt = np.empty((CHUNK, LANES), u.dtype)
+        Bt = np.empty((CHUNK, n), u.dtype)
+        Ct = np.empty((CHUNK, n), u.dtype)
+        dtu = np.empty(LANES, u.dtype)
+        y = np.empty(LANES, u.dtype)
+        for t0 in range(0, l, CHUNK):
+            tn = min(CHUNK, l - t0)
+            _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one)
+            for k in range(n):
+                for j in range(tn):
+                    Bt[j, k] = B[bi, gi, k, t0 + j]
+                    Ct[j, k] = C[bi, gi, k, t0 + j]
+            _fwd_steps(tn, dtt, ut, At, Bt, Ct, Dv, h, dtu, y, yt)
+            if has_z:  # the SiLU(z) gate, over the tile
+                for j in range(CHUNK):
+                    for w in range(LANES):
+                        zj = zt[j, w]
+                        yt[j, w] *= zj * _sigmoid(zj)
+            _store_tile(yt, out, bi, d0, wn, t0, tn)
+        for w in range(wn):
+            for k in range(n):
+                last[bi, d0 + w, k] = h[k, w] + zero
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _bwd_kernel(u, dt, A, Bt, Ct, D, dy, dlast, parts, du, ddt, dA, dBp, dCp, dD, y):  # pragma: no cover - numba
+@njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _state_steps(tn, dtt, ut, At, Bt, h, dtu):  # pragma: no cover - numba
+    """tn steps of one block's state h (n, LANES), in place (the backward's first pass: no output)."""
+    n = h.shape[0]
+    for j in range(tn):
+        for w in range(LANES):
+            dtu[w] = dtt[j, w] * ut[j, w]
+        for k in range(n):
+            bk = Bt[j, k]
+            for w in range(LANES):
+                h[k, w] = _vexp(dtt[j, w] * At[k, w]) * h[k, w] + dtu[w] * bk
+
+
+@njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _bwd_recompute(tn, dtt, ut, zt, has_z, At, Bt, Ct, Dv, hs, dec, dtu, y, dyt, dzt, one):  # pragma: no cover
+    """A tile's decays dec[j] and states hs[j + 1] from hs[0]; with z, dyt becomes dout SiLU(z) and dzt the
+    gradient of z (dout y sig(z) (1 + z (1 - sig(z))), y the pre-gate output)."""
+    n = At.shape[0]
+    for j in range(tn):
+        for w in range(LANES):
+            dtu[w] = dtt[j, w] * ut[j, w]
+            y[w] = Dv[w] * ut[j, w]
+        for k in range(n):
+            bk, ck = Bt[j, k], Ct[j, k]
+            for w in range(LANES):
+                a = _vexp(dtt[j, w] * At[k, w])
+                hk = a * hs[j, k, w] + dtu[w] * bk
+                dec[j, k, w] = a
+                hs[j + 1, k, w] = hk
+                y[w] += hk * ck
+        if has_z:
+            for w in range(LANES):
+                zj = zt[j, w]
+                sz = _sigmoid(zj)
+                go = dyt[j, w]
+                dyt[j, w] = go * zj * sz
+                dzt[j, w] = go * y[w] * sz * (one + zj * (one - sz))
+
+
+@njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _bwd_adjoint(
+    tn, dtt, ut, sgt, dyt, At, Bt, Ct, Dv, hs, dec, gk, dA, dD, db, dBb, dCb, dtu, gB, gda_a, ddt, dut
+):  # pragma: no cover - numba
+    """Reverse-time adjoint over a tile: gk (n, LANES) carried in place, lane-wise dB/dC partial sums into dBb/dCb,
+    du and d delta (through softplus: sgt) into dut/ddt, dA/dD/d delta_bias accumulated."""
+    n = At.shape[0]
+    zero = dtt[0, 0] - dtt[0, 0]
+    for j in range(tn - 1, -1, -1):
+        for w in range(LANES):
+            dtu[w] = dtt[j, w] * ut[j, w]
+            gB[w] = zero
+            gda_a[w] = zero
+        for k in range(n):
+            bk, ck = Bt[j, k], Ct[j, k]
+            for w in range(LANES):
+                dyw = dyt[j, w]
+                gg = gk[k, w] + dyw * ck  # the adjoint of h_t
+                dCb[j, k, w] += dyw * hs[j + 1, k, w]
+                gda = gg * hs[j, k, w] * dec[j, k, w]  # through the decay exp(dt A_k)
+                dA[k, w] += gda * dtt[j, w]
+                gda_a[w] += gda * At[k, w]
+                gB[w] += gg * bk
+                dBb[j, k, w] += gg * dtu[w]
+                gk[k, w] = gg * dec[j, k, w]
+        for w in range(LANES):
+            dyw = dyt[j, w]
+            gdt = (gda_a[w] + gB[w] * ut[j, w]) * sgt[j, w]
+            ddt[j, w] = gdt
+            dut[j, w] = dyw * Dv[w] + gB[w] * dtt[j, w]
+            dD[w] += dyw * ut[j, w]
+            db[w] += gdt
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _bwd_kernel(
+    u, delta, A, B, C, D, z, bias, has_z, softplus, dout, dlast, parts, du, ddelta, dA, dBp, dCp, dD, dz, dbias, one
+):  # pragma: no cover - numba
     b, d, l = u.shape
-    g, n = Bt.shape[1], A.shape[1]
+    g, n = B.shape[1], A.shape[1]
     hpg = d // g
+    nblk = (hpg + LANES - 1) // LANES
     nck = (l + CHUNK - 1) // CHUNK
+    zero = one - one
     for task in prange(b * g * parts):
         bi, rest = task // (g * parts), task % (g * parts)
         gi, part = rest // parts, rest % parts
-        row0 = gi * hpg + (part * hpg) // parts
-        row1 = gi * hpg + ((part + 1) * hpg) // parts
-        zero = u[0, 0, 0] - u[0, 0, 0]
-        dB, dC = dBp[part, bi, gi], dCp[part, bi, gi]  # (l, n) partial sums of this task
-        ck = np.empty((nck, n), u.dtype)  # state entering each chunk
-        hs = np.empty((CHUNK, n), u.dtype)  # states of the current chunk
-        decays = np.empty((l, n), u.dtype)  # exp(dt * A) of the row: computed once, read back in pass 2
-        h = np.empty(n, u.dtype)
-        gk = np.empty(n, u.dtype)
-        gda = np.empty(n, u.dtype)
-        scale = np.empty(n, u.dtype)
-        bits = int_view(scale)
-        for di in range(row0, row1):
-            Ar = A[di]
-            dAr = dA[bi, di]
-            # Pass 1: decays, and the states entering each chunk.
-            h[:] = zero
-            for t in range(l):
-                if t % CHUNK == 0:
-                    ck[t // CHUNK] = h
-                dtt = dt[bi, di, t]
-                dtu = dtt * u[bi, di, t]
-                a = decays[t]
-                exp_scaled_into(dtt, Ar, a, scale, bits)
-                Bk = Bt[bi, gi, t]
+        blk0, blk1 = (part * nblk) // parts, ((part + 1) * nblk) // parts
+        nb = blk1 - blk0
+        # Per block: lane constants, checkpoints, the adjoint carried between chunks, dA/dD/dbias accumulators.
+        At = np.zeros((nb, n, LANES), u.dtype)
+        Dv = np.zeros((nb, LANES), u.dtype)
+        ck = np.empty((nb, nck, n, LANES), u.dtype)
+        gk = np.zeros((nb, n, LANES), u.dtype)
+        dAacc = np.zeros((nb, n, LANES), u.dtype)
+        dDacc = np.zeros((nb, LANES), u.dtype)
+        dbacc = np.zeros((nb, LANES), u.dtype)
+        ut = np.empty((CHUNK, LANES), u.dtype)
+        dtt = np.empty((CHUNK, LANES), u.dtype)
+        sgt = np.empty((CHUNK, LANES), u.dtype)
+        zt = np.zeros((CHUNK, LANES), u.dtype)
+        dyt = np.empty((CHUNK, LANES), u.dtype)
+        dut = np.empty((CHUNK, LANES), u.dtype)
+        ddt = np.empty((CHUNK, LANES), u.dtype)
+        Bt = np.empty((CHUNK, n), u.dtype)
+        Ct = np.empty((CHUNK, n), u.dtype)
+        hs = np.empty((CHUNK + 1, n, LANES), u.dtype)  # hs[j + 1] = state after step t0 + j; hs[0] = checkpoint
+        dec = np.empty((CHUNK, n, LANES), u.dtype)
+        dBb = np.empty((CHUNK, n, LANES), u.dtype)
+        dCb = np.empty((CHUNK, n, LANES), u.dtype)
+        h = np.empty((n, LANES), u.dtype)
+        dtu = np.empty(LANES, u.dtype)
+        y = np.empty(LANES, u.dtype)
+        gB = np.empty(LANES, u.dtype)
+        gda_a = np.empty(LANES, u.dtype)
+        for ib in range(nb):
+            d0 = gi * hpg + (blk0 + ib) * LANES
+            wn = min(LANES, hpg - (blk0 + ib) * LANES)
+            for w in range(wn):
+                Dv[ib, w] = D[d0 + w]
                 for k in range(n):
-                    h[k] = a[k] * h[k] + dtu * Bk[k]
-            # Pass 2: chunks from the end; gk carries exp(dt_{t+1} A) g_{t+1} (starts as d last_state).
-            gk[:] = dlast[bi, di]
-            dD_acc = zero
-            for c in range(nck - 1, -1, -1):
+                    At[ib, k, w] = A[d0 + w, k]
+                    gk[ib, k, w] = dlast[bi, d0 + w, k]
+        # Pass 1: the state entering each chunk, per block.
+        for ib in range(nb):
+            d0 = gi * hpg + (blk0 + ib) * LANES
+            wn = min(LANES, hpg - (blk0 + ib) * LANES)
+            for k in range(n):
+                for w in range(LANES):
+                    h[k, w] = zero
+            for c in range(nck):
                 t0 = c * CHUNK
                 tn = min(CHUNK, l - t0)
-                av = decays[t0 : t0 + tn]
-                for j in range(tn):  # recompute the chunk's states and the pre-gate output y (for dz)
-                    t = t0 + j
-                    dtu = dt[bi, di, t] * u[bi, di, t]
-                    Bk, Ck = Bt[bi, gi, t], Ct[bi, gi, t]
-                    hp, hj, aj = hs[j - 1] if j > 0 else ck[c], hs[j], av[j]
-                    for k in range(n):
-                        hj[k] = aj[k] * hp[k] + dtu * Bk[k]
-                    yt = D[di] * u[bi, di, t]
-                    for k in range(n):
-                        yt += hj[k] * Ck[k]
-                    y[bi, di, t] = yt
-                for j in range(tn - 1, -1, -1):  # reverse-time adjoint
-                    t = t0 + j
-                    dtt, ut, dyt = dt[bi, di, t], u[bi, di, t], dy[bi, di, t]
-                    dD_acc += dyt * ut
-                    Bk, Ck = Bt[bi, gi, t], Ct[bi, gi, t]
-                    dBt, dCt = dB[t], dC[t]
-                    hprev = hs[j - 1] if j > 0 else ck[c]
-                    # Short loops over n that each touch two or three arrays: LLVM vectorises them (one
-                    # loop touching all ten arrays would need too many runtime alias checks and stay scalar).
-                    for k in range(n):
-                        gk[k] += dyt * Ck[k]  # now the adjoint of h_t
-                    for k in range(n):
-                        dCt[k] += dyt * hs[j, k]
-                    for k in range(n):
-                        gda[k] = gk[k] * hprev[k] * av[j, k]  # adjoint of dt * A_k through the decay
-                    for k in range(n):
-                        dAr[k] += gda[k] * dtt
-                    ddt_a = zero
-                    for k in range(n):
-                        ddt_a += gda[k] * Ar[k]
-                    gB = zero
-                    for k in range(n):
-                        gB += gk[k] * Bk[k]  # <g_t, B_t>
-                    dtu = dtt * ut
-                    for k in range(n):
-                        dBt[k] += gk[k] * dtu
-                    for k in range(n):
-                        gk[k] *= av[j, k]  # carried to step t - 1
-                    ddt[bi, di, t] = ddt_a + gB * ut
-                    du[bi, di, t] = dyt * D[di] + gB * dtt
-            dD[bi, di] = dD_acc
+                ck[ib, c] = h
+                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, False, softplus, ut, dtt, sgt, zt, one)
+                for k in range(n):
+                    for j in range(tn):
+                        Bt[j, k] = B[bi, gi, k, t0 + j]
+                _state_steps(tn, dtt, ut, At[ib], Bt, h, dtu)
+        # Pass 2: chunks from the end.
+        for c in range(nck - 1, -1, -1):
+            t0 = c * CHUNK
+            tn = min(CHUNK, l - t0)
+            for k in range(n):
+                for j in range(tn):
+                    Bt[j, k] = B[bi, gi, k, t0 + j]
+                    Ct[j, k] = C[bi, gi, k, t0 + j]
+            for j in range(tn):
+                for k in range(n):
+                    for w in range(LANES):
+                        dBb[j, k, w] = zero
+                        dCb[j, k, w] = zero
+            for ib in range(nb):
+                d0 = gi * hpg + (blk0 + ib) * LANES
+                wn = min(LANES, hpg - (blk0 + ib) * LANES)
+                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one)
+                for j in range(CHUNK):
+                    for w in range(LANES):
+                        dyt[j, w] = zero
+                for j in range(tn):
+                    for w in range(wn):
+                        dyt[j, w] = dout[bi, d0 + w, t0 + j]
+                # Recompute the chunk's decays and states (and the pre-gate output for dz), then the adjoint.
+                hs[0] = ck[ib, c]
+                _bwd_recompute(tn, dtt, ut, zt, has_z, At[ib], Bt, Ct, Dv[ib], hs, dec, dtu, y, dyt, dut, one)
+                if has_z:
+                    _store_tile(dut, dz, bi, d0, wn, t0, tn)
+                _bwd_adjoint(
+                    tn, dtt, ut, sgt, dyt, At[ib], Bt, Ct, Dv[ib], hs, dec, gk[ib], dAacc[ib], dDacc[ib], dbacc[ib],
+                    dBb, dCb, dtu, gB, gda_a, ddt, dut,
+                )  # fmt: skip
+                _store_tile(dut, du, bi, d0, wn, t0, tn)
+                _store_tile(ddt, ddelta, bi, d0, wn, t0, tn)
+            # The chunk's dB/dC of this task's channels, reduced across lanes.
+            for k in range(n):
+                for j in range(tn):
+                    sb, sc = zero, zero
+                    for w in range(LANES):
+                        sb += dBb[j, k, w]
+                        sc += dCb[j, k, w]
+                    dBp[part, bi, gi, k, t0 + j] = sb
+                    dCp[part, bi, gi, k, t0 + j] = sc
+        for ib in range(nb):
+            d0 = gi * hpg + (blk0 + ib) * LANES
+            wn = min(LANES, hpg - (blk0 + ib) * LANES)
+            for w in range(wn):
+                dD[bi, d0 + w] = dDacc[ib, w]
+                dbias[bi, d0 + w] = dbacc[ib, w]
+                for k in range(n):
+                    dA[bi, d0 + w, k] = dAacc[ib, k, w]
 
 
-def _parts(b: int, g: int, rows_per_group: int) -> int:
-    """Split each (batch, group) into enough parts to keep every thread busy (at most one row each)."""
+# ---- torch glue -------------------------------------------------------------------------------------------------
+
+
+def _parts(b: int, g: int, blocks_per_group: int) -> int:
+    """Split each (batch, group) into enough parts to keep every thread busy (at most one block each)."""
     threads = numba.get_num_threads()
-    return max(1, min(rows_per_group, -(-2 * threads // (b * g))))
+    return max(1, min(blocks_per_group, -(-threads // (b * g))))
 
 
-class _Prepared:
-    """Compute-dtype inputs: raw = delta + delta_bias, dt = softplus(raw) or raw, and contiguous numpy views
-    (B, C as (b, g, l, n) so that one step reads n contiguous values)."""
+def _np(t: Tensor | None, cdt: torch.dtype) -> np.ndarray | None:
+    """A numpy view of t in the compute dtype (a copy only for another dtype or a non-contiguous layout)."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype != cdt:
+        t = t.to(cdt)
+    return t.contiguous().numpy()
+
+
+class _Inputs:
+    """The kernels' arguments for one call: compute-dtype numpy views, zeros for absent D / delta_bias."""
 
     def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> None:
         b, d, l, n, g = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
         if u.device.type != "cpu":
             raise ValueError(f"selective_scan backend 'cpu' needs CPU tensors, got u on {u.device}; use 'torch'")
-        cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-        self.dims, self.cdt = (b, d, l, n, g), cdt
-        raw = delta.detach().to(cdt)
-        if delta_bias is not None:
-            raw = raw + delta_bias.detach().to(cdt)[:, None]
-        self.raw = raw
-        self.dt = F.softplus(raw) if delta_softplus else raw  # torch's softplus: identity above 20
-        self.z = z.detach().to(cdt) if z is not None else None
+        self.cdt = cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+        self.dims = (b, d, l, n, g)
+        npdt = np.float32 if cdt == torch.float32 else np.float64
+        self.one = npdt(1.0)
+        zeros = np.zeros(d, npdt)
+        self.has_z = z is not None
         self.arrays = (
             _np(u, cdt),
-            _np(self.dt, cdt),
+            _np(delta, cdt),
             _np(A, cdt),
-            _np(B.reshape(b, g, n, l).transpose(-1, -2), cdt),
-            _np(C.reshape(b, g, n, l).transpose(-1, -2), cdt),
-            _np(D if D is not None else torch.zeros(d), cdt),
+            _np(B, cdt).reshape(b, g, n, l),
+            _np(C, cdt).reshape(b, g, n, l),
+            _np(D, cdt) if D is not None else zeros,
+            _np(z, cdt) if z is not None else np.zeros((1, 1, 1), npdt),
+            _np(delta_bias, cdt) if delta_bias is not None else zeros,
+            self.has_z,
+            bool(delta_softplus),
         )
-
-
-def _np(t: Tensor, dtype: torch.dtype) -> np.ndarray:
-    return t.detach().to(dtype).contiguous().numpy()
 
 
 def _match_torch_threads() -> int:
@@ -279,17 +586,14 @@ def scan_numba_fwd(
     delta_softplus: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Forward on CPU; returns out (b, d, l) in u's dtype and the last state (b, d, n) in the compute dtype."""
-    p = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    b, d, l, n, _ = p.dims
-    y = np.empty((b, d, l), dtype=p.arrays[0].dtype)
-    last = np.empty((b, d, n), dtype=p.arrays[0].dtype)
+    x = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    b, d, l, n, _ = x.dims
+    out = torch.empty((b, d, l), dtype=x.cdt)
+    last = torch.empty((b, d, n), dtype=x.cdt)
     threads = _match_torch_threads()
-    _fwd_kernel(*p.arrays, y, last)
+    _fwd_kernel(*x.arrays, out.numpy(), last.numpy(), x.one)
     torch.set_num_threads(threads)
-    out = torch.from_numpy(y)
-    if p.z is not None:
-        out = out * F.silu(p.z)
-    return out.to(u.dtype), torch.from_numpy(last)
+    return out.to(u.dtype), last
 
 
 def scan_numba_bwd(
@@ -310,44 +614,35 @@ def scan_numba_bwd(
     Args:
         dout: (b, d, l) gradient of out. dlast: (b, d, n) gradient of the last state, or None for zero.
     """
-    p = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    b, d, l, n, g = p.dims
-    dt_np = p.arrays[0].dtype
-    gout = dout.detach().to(p.cdt)
-    dy = gout * F.silu(p.z) if p.z is not None else gout  # gradient of the pre-gate output y
-    glast = dlast.detach().to(p.cdt) if dlast is not None else torch.zeros(b, d, n, dtype=p.cdt)
-    parts = _parts(b, g, d // g)
-    du = np.empty((b, d, l), dt_np)
-    ddt = np.empty((b, d, l), dt_np)
-    dA = np.zeros((b, d, n), dt_np)
-    dBp = np.zeros((parts, b, g, l, n), dt_np)
-    dCp = np.zeros((parts, b, g, l, n), dt_np)
-    dD = np.empty((b, d), dt_np)
-    y = np.empty((b, d, l), dt_np)
+    x = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    b, d, l, n, g = x.dims
+    cdt = x.cdt
+    glast = _np(dlast, cdt) if dlast is not None else np.zeros((b, d, n), x.one.dtype)
+    parts = _parts(b, g, -(-(d // g) // LANES))
+    du, ddelta, dz = (torch.empty((b, d, l), dtype=cdt) for _ in range(3))
+    dA = torch.empty((b, d, n), dtype=cdt)
+    dBp, dCp = (torch.empty((parts, b, g, n, l), dtype=cdt) for _ in range(2))
+    dD, dbias = torch.empty((b, d), dtype=cdt), torch.empty((b, d), dtype=cdt)
     threads = _match_torch_threads()
-    _bwd_kernel(*p.arrays, _np(dy, p.cdt), _np(glast, p.cdt), parts, du, ddt, dA, dBp, dCp, dD, y)
+    _bwd_kernel(
+        *x.arrays, _np(dout, cdt), glast, parts,
+        *(t.numpy() for t in (du, ddelta, dA, dBp, dCp, dD, dz, dbias)), x.one,
+    )  # fmt: skip
     torch.set_num_threads(threads)
 
-    def back(x: np.ndarray | Tensor, like: Tensor) -> Tensor:
-        return torch.as_tensor(x).to(like.dtype).reshape(like.shape)
+    def back(t: Tensor, like: Tensor) -> Tensor:
+        return t.reshape(like.shape).to(like.dtype)
 
-    dz = None
-    if p.z is not None:
-        sz = torch.sigmoid(p.z)
-        dz = gout * torch.from_numpy(y) * sz * (1 + p.z * (1 - sz))
-    ddelta = torch.from_numpy(ddt)
-    if delta_softplus:  # torch's softplus: slope 1 above 20
-        ddelta = ddelta * torch.where(p.raw > 20, torch.ones_like(p.raw), torch.sigmoid(p.raw))
-    # (parts, b, g, l, n) -> (b, g, n, l), then B's own layout (b, n, l) or (b, g, n, l).
+    # The sums over batch (dA, dD, ddelta_bias: weights shared by the batch) and over parts are (b, d)-sized.
     return (
         back(du, u),
         back(ddelta, delta),
         back(dA.sum(0), A),
-        back(dBp.sum(0).transpose(0, 1, 3, 2), B),
-        back(dCp.sum(0).transpose(0, 1, 3, 2), C),
+        back(dBp[0] if parts == 1 else dBp.sum(0), B),
+        back(dCp[0] if parts == 1 else dCp.sum(0), C),
         back(dD.sum(0), D) if D is not None else None,
-        back(dz, z) if dz is not None else None,
-        back(ddelta.sum((0, 2)), delta_bias) if delta_bias is not None else None,
+        back(dz, z) if z is not None else None,
+        back(dbias.sum(0), delta_bias) if delta_bias is not None else None,
     )
 
 

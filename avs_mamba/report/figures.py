@@ -148,7 +148,7 @@ def qualitative_grid(runs: pd.DataFrame, out_path: str | Path, *, task: str, max
 
 
 def scaling_plot(rows: pd.DataFrame, out_path: str | Path) -> Path:
-    """2×3 log-log panels: (T, H·W) × (GFLOPs, peak memory, latency), one line per model."""
+    """Log-log panels: (T, H·W) × (GFLOPs, peak memory, latency, CPU time), one line per model."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(2, len(SCALING_MEASURES), figsize=(4 * len(SCALING_MEASURES), 7), squeeze=False)
     axes_spec: Sequence[tuple[str, str]] = (

@@ -715,7 +715,12 @@ def _float(value: Any) -> float:
     return float(value) if _finite(value) else math.nan
 
 
-SCALING_MEASURES = (("gflops_fvcore", "GFLOPs"), ("peak_mem_infer_mb", "memory"), ("latency_ms_median", "latency"))
+SCALING_MEASURES = (
+    ("gflops_fvcore", "GFLOPs"),
+    ("peak_mem_infer_mb", "memory"),
+    ("latency_ms_median", "latency"),
+    ("cpu_ms_median", "CPU time"),  # beside wall latency: what a loaded machine does not inflate
+)
 
 
 def sweep_points(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -775,7 +780,8 @@ def scaling_table(rows: pd.DataFrame) -> Table:
         "Slope of a least-squares line through log(cost) against log(T) or log(H·W). Slope ≈ 1: cost grows linearly "
         "with the number of tokens (a selective scan, or per-frame processing); slope ≈ 2: quadratically (global "
         "attention over all tokens). Slopes below 1 mean fixed costs still dominate at these sizes.",
-        "Sweep: " + ("; ".join(spans) if spans else "no points") + ". Memory is inference peak memory.",
+        "Sweep: " + ("; ".join(spans) if spans else "no points") + ". Memory is inference peak memory; latency (wall) "
+        "and CPU time are medians over rounds that interleave all points of a model.",
     ]
     caption = "Scaling with clip length T and resolution H×W: log-log slope of each cost (the evidence for linearity)."
     return Table("scaling", caption, pd.DataFrame(display, columns=columns), table, footnotes)
