@@ -156,7 +156,8 @@ def _print_summary(record: dict[str, Any], out: Path) -> None:
     run = record.get("run", {})
     best = record.get("best_epoch")  # 0-based in metrics.json; the log counts epochs from 1
     best_text = "none" if best is None else f"epoch {best + 1} of {len(record.get('history') or [])}"
-    print(f"{run.get('task')}/{run.get('name')}/seed{run.get('seed')}: best {best_text} (chosen on val)")
+    split = (record.get("selection") or {}).get("split", "val")
+    print(f"{run.get('task')}/{run.get('name')}/seed{run.get('seed')}: best {best_text} (chosen on {split})")
     for protocol, metrics in (record.get("test") or {}).items():
         print(f"  test {protocol}: M_J {metrics.get('miou'):.4f}  M_F {metrics.get('fscore'):.4f}")
     print(f"  wall time {record.get('wall_time_s', 0):.1f} s; results in {out / 'metrics.json'}")
@@ -180,6 +181,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for protocol, metrics in record["metrics"].items():
             print(f"{args.split} {protocol}: M_J {metrics['miou']:.4f}  M_F {metrics['fscore']:.4f}")
         print(f"written to {args.out or Path(args.run) / f'eval_{args.split}.json'}")
+    return 0
+
+
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    from avs_mamba.config import load_config
+    from avs_mamba.recipe import format_card, recipe_card
+
+    overrides = [*(args.set or []), *([f"data.task={args.task}"] if args.task else [])]
+    config = load_config(args.config, overrides, args.size)
+    card = recipe_card(config)
+    print(json.dumps(card, indent=2) if args.json else format_card(config, card))
     return 0
 
 
@@ -365,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_device(p, "auto")
     p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("recipe", help="the resolved training/evaluation recipe with its official sources or deviations")
+    p.add_argument("--config", required=True, type=Path, help="experiment YAML (e.g. ablations/full.yaml)")
+    p.add_argument("--task", choices=TASKS, help="sugar for --set data.task=...")
+    p.add_argument("--size", choices=SIZES, help="size profile (default: the config's profile, else smoke)")
+    p.add_argument("--set", type=_override, action="append", metavar="KEY=VALUE", help="config override")
+    p.add_argument("--json", action="store_true", help="the card as JSON: {key: {value, source | deviation}}")
+    p.set_defaults(handler=_cmd_recipe)
 
     p = sub.add_parser("profile", help="params, FLOPs, memory and latency of a config's model")
     p.add_argument("--config", required=True, type=Path)

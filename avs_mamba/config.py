@@ -6,7 +6,8 @@ A run is described by one resolved, validated :class:`ExperimentConfig`. It is a
 2. the model's size preset (``register_size_preset(model_name, size, preset)``, filled by the model modules),
 3. the YAML file's bases (``base: full.yaml`` or ``base: [a.yaml, b.yaml]``, relative to the file), in order,
 4. the YAML file itself, then its own ``tasks: {<task>: {...}}`` block for ``data.task`` (a task's recipe, e.g.
-   AVSS's 71 classes and CE loss), then its ``sizes: {<size>: {...}}`` block for the selected size,
+   AVSS's 71 classes and CE loss), then its ``sizes: {<size>: {...}}`` block for the selected size, then the task
+   block's ``sizes`` block (``tasks: {avss: {sizes: {paper: {...}}}}``: one task's recipe at one size),
 5. command-line overrides ``key.path=value``, parsed with YAML scalar rules.
 
 Dicts merge key by key; any other value (lists included) replaces what is below it, so ``null`` resets a key.
@@ -50,6 +51,7 @@ __all__ = [
     "HASH_EXCLUDE",
     "SIZE_PRESETS",
     "ModelSection",
+    "AugmentSection",
     "DataSection",
     "TrainSection",
     "EvalSection",
@@ -83,10 +85,11 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 2, "batch_size": 2},
         "eval": {"batch_size": 2},
     },
-    # The real protocol: AVSBench from disk at the official 224x224; each model's preset or YAML sets its recipe.
+    # The real protocol: AVSBench from disk at 224x224, evaluated one clip per batch (the official S4/MS3 scripts'
+    # val_batch_size); each model's YAML sets its own recipe (AVS-Mamba and AVSegFormer train S4/MS3 at 512).
     "paper": {
         "data": {"synthetic": False, "root": "data/avsbench", "image_size": 224, "num_workers": 4},
-        "eval": {"batch_size": 4},
+        "eval": {"batch_size": 1},
     },
 }
 _MODEL_SIZE_PRESETS: dict[tuple[str, str], dict[str, Any]] = {}
@@ -117,8 +120,36 @@ class ModelSection(BaseModel):
         return copy.deepcopy(dict(self.model_extra or {}))
 
 
+class AugmentSection(_Section):
+    """Training augmentation (train split only; val/test are never augmented): the official AVS-Mamba transforms,
+    :class:`avs_mamba.data.transforms.TrainAugment`. Pixel sizes refer to 224-px source frames (AVSBench S4/MS3) and
+    scale with the stored frames' short side."""
+
+    enabled: bool = False
+    flip_p: Annotated[float, Field(ge=0, le=1)] = 0.5
+    photometric: bool = True
+    overflow: Literal["wrap", "clip"] = "wrap"  # photometric out-of-range rule: the official uint8 wrap, or clip
+    geometry: bool = True  # the random resize / resize-crop-resize branch (S4/MS3 official; AVSS has none)
+    scales: list[PositiveInt] = Field(default_factory=lambda: [288, 320, 352, 392, 416, 448, 480, 512], min_length=1)
+    max_size: PositiveInt = 640
+    crop_p: Annotated[float, Field(ge=0, le=1)] = 0.5
+    crop_scales: list[PositiveInt] = Field(default_factory=lambda: [400, 500, 600], min_length=1)
+    crop_min: PositiveInt = 224  # official S4 224, MS3 384
+    crop_max: PositiveInt = 600
+    per_frame: bool = True  # independent draws per frame (official); false: one draw for the whole clip
+
+    def build(self) -> Any:
+        """The configured :class:`~avs_mamba.data.transforms.TrainAugment`, or None when disabled."""
+        if not self.enabled:
+            return None
+        from avs_mamba.data.transforms import TrainAugment
+
+        options = self.model_dump(exclude={"enabled"})
+        return TrainAugment(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+
 class DataSection(_Section):
-    """Which AVSBench task to load, from where, and at what size."""
+    """Which AVSBench task to load, from where, at what size and with which training augmentation."""
 
     task: Literal["s4", "ms3", "avss"] = "s4"
     root: str = "data/synthetic"
@@ -131,6 +162,11 @@ class DataSection(_Section):
     num_workers: NonNegativeInt = 0
     # Cap on clips per split (None = all): keeps smoke runs small.
     max_clips: PositiveInt | None = None
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+    # S4/MS3 train masks brought to image_size: nearest (binary) or bilinear (soft targets, official AVS-Mamba).
+    train_mask_resize: Literal["nearest", "bilinear"] = "nearest"
+    # AVSS labels_rgb colour outside the palette: class 0, logged once per clip (official), or an error.
+    off_palette: Literal["background", "error"] = "background"
 
     @model_validator(mode="after")
     def _resolve_frames(self) -> DataSection:
@@ -186,6 +222,9 @@ class EvalSection(_Section):
     """Evaluation settings; ``batch_size`` matters because the official M_F picks its threshold per batch."""
 
     batch_size: PositiveInt = 4
+    # Split the best checkpoint is chosen on: val (honest, default) or test (what the official AVS-Mamba scripts do:
+    # evaluate on test every epoch and keep the best). Every table labels the selection of each row.
+    selection: Literal["val", "test"] = "val"
     protocols: list[Literal["official", "clean"]] = Field(default_factory=lambda: ["official", "clean"], min_length=1)
     num_overlays: NonNegativeInt = 4  # qualitative mask overlays saved per run
 
@@ -460,14 +499,18 @@ def _assemble(
     task: str | None = None,
 ) -> dict[str, Any]:
     """Merge each file (bases first) onto ``data``, followed by its ``tasks`` block for ``task`` (a task's recipe,
-    e.g. AVSS's 71 classes and CE loss) and then its ``sizes`` block for ``size`` (so a smoke schedule still wins)."""
+    e.g. AVSS's 71 classes and CE loss), then its ``sizes`` block for ``size`` (so a smoke schedule still wins), then
+    the task block's own ``sizes`` block (``tasks.avss.sizes.paper``: a task's recipe at one size)."""
     for path, body in files:
         data = _merge_layer(data, prov, {k: v for k, v in body.items() if k not in _LOADER_KEYS}, str(path))
+        task_block = _named_block(path, body, "tasks", TASKS, task) if task is not None else {}
+        task_sizes = {"sizes": task_block.pop("sizes")} if "sizes" in task_block else {}
         if task is not None:
-            block = _named_block(path, body, "tasks", TASKS, task)
-            data = _merge_layer(data, prov, block, f"{path} (tasks.{task})")
+            data = _merge_layer(data, prov, task_block, f"{path} (tasks.{task})")
         if size is not None:
             data = _merge_layer(data, prov, _named_block(path, body, "sizes", SIZES, size), f"{path} (sizes.{size})")
+            block = _named_block(path, task_sizes, "sizes", SIZES, size)
+            data = _merge_layer(data, prov, block, f"{path} (tasks.{task}.sizes.{size})")
     return data
 
 

@@ -8,8 +8,10 @@ One call, :func:`train`, runs a whole job from a resolved :class:`~avs_mamba.con
   ``label_flags`` (S4 train: frame 1 only; AVSS: the labelled, unpadded frames), bf16 autocast on CUDA when
   ``train.amp``, optional gradient clipping. A model may define ``loss(output, masks, label_flags, *, weights,
   aux_weight) -> LossOutput`` for terms the shared loss lacks (TPAVI's AVM).
-* Validation every ``eval_every`` epochs (and always after the last); the best checkpoint is chosen on **val** M_J
-  (official protocol when evaluated, else the first listed) and only it is evaluated on test, under every protocol
+* Validation on the 0-based epochs ``eval_from_epoch + k * eval_every`` (the official ``epoch >= start and
+  epoch % interval == 0`` with an even start) and always after the last; the best checkpoint is chosen on
+  ``eval.selection`` (**val** by default; ``test`` is what the official AVS-Mamba scripts do) by M_J (official
+  protocol when evaluated, else the first listed) and only it is evaluated on test, under every protocol
   in ``eval.protocols``. Logits are resized (bilinear) to the ground-truth size before the metrics.
 * A checkpoint per epoch, written atomically, with model, optimizer, epoch, step, RNG states, best-so-far, history
   and resolved config. Re-running the same command resumes from it and ends with the same metrics as an uninterrupted
@@ -75,6 +77,7 @@ from avs_mamba.lr_schedule import lr_at
 from avs_mamba.memory import PeakMemory, model_tensors
 from avs_mamba.modules.output import AVSOutput
 from avs_mamba.overlays import save_overlay
+from avs_mamba.recipe import recipe_card
 
 __all__ = ["METRICS_FILE", "COST_MEASURES", "TrainingDivergedError", "compute_loss", "train", "evaluate_run"]
 
@@ -279,7 +282,7 @@ class _Trainer:
             ensure_writable_dir(self.out)  # a read-only or full --out fails before any work
 
         train_set = build_split(cfg, "train")
-        val_set = build_split(cfg, "val")
+        val_set = build_split(cfg, cfg.eval.selection)  # the selection split (val unless eval.selection=test)
         pin = self.device.type == "cuda"
         train_loader = make_loader(
             train_set,
@@ -330,7 +333,8 @@ class _Trainer:
                 step += steps
                 last = epoch == num_epochs - 1 or (cfg.train.max_steps is not None and step >= cfg.train.max_steps)
                 val = None
-                if last or (epoch >= cfg.train.eval_from_epoch and (epoch + 1) % cfg.train.eval_every == 0):
+                start = cfg.train.eval_from_epoch
+                if last or (epoch >= start and (epoch - start) % cfg.train.eval_every == 0):
                     with self._phase("infer"):
                         val = self._evaluate(model, val_set)
                 epoch_time = time.perf_counter() - t0
@@ -342,6 +346,7 @@ class _Trainer:
                     "epoch_time_s": epoch_time,
                     "backbone_trainable": now_trainable,
                     "val": None if val is None else {p: metric_scalars(m) for p, m in val.items()},
+                    "val_split": cfg.eval.selection,  # the split "val" was measured on (eval.selection)
                 }
                 history.append(point)
                 if val is not None and _score(val, self.protocol) > best["score"]:
@@ -379,7 +384,7 @@ class _Trainer:
                     )
                 barrier(self.ctx)
                 self._log_epoch(logger, point)
-                val_text = "" if val is None else f", val M_J {val[self.protocol]['miou']:.4f}"
+                val_text = "" if val is None else f", {cfg.eval.selection} M_J {val[self.protocol]['miou']:.4f}"
                 self._log(f"epoch {epoch + 1}/{num_epochs}: loss {loss:.4f}{val_text} ({epoch_time:.1f} s)")
             del wrapped
 
@@ -506,8 +511,9 @@ class _Trainer:
             "test": test,
             "best_val": best["val"],
             "best_epoch": best["epoch"],
-            "selection": {"split": "val", "protocol": self.protocol, "metric": "miou"},
+            "selection": {"split": cfg.eval.selection, "protocol": self.protocol, "metric": "miou"},
             "eval": {"batch_size": cfg.eval.batch_size, "protocols": list(cfg.eval.protocols)},
+            "recipe": recipe_card(cfg, strict=False),
             "history": history,
             "cost": cost,
             "device": str(self.device),
@@ -572,8 +578,10 @@ class _Trainer:
             "train/lr": point["lr"],
             "epoch_time_s": point["epoch_time_s"],
         }
+        split = point.get("val_split", "val")
+        split = split if split == "val" else f"{split}_select"  # epoch curves never mix with the final test/* metrics
         for protocol, metrics in (point["val"] or {}).items():
-            values.update({f"val/{protocol}/{k}": v for k, v in metrics.items() if k in ("miou", "fscore")})
+            values.update({f"{split}/{protocol}/{k}": v for k, v in metrics.items() if k in ("miou", "fscore")})
         logger.log_epoch(point["epoch"], {k: v for k, v in values.items() if math.isfinite(v)})
 
     def _log_final(self, logger: Any, record: Mapping[str, Any]) -> None:
@@ -630,13 +638,16 @@ def train(
     progress: bool = True,
     cost: Sequence[str] = COST_MEASURES,
 ) -> dict[str, Any]:
-    """Train, select on val, test and record one run into ``out_dir`` (resuming it when it was interrupted).
+    """Train, select on ``eval.selection`` (val by default), test and record one run into ``out_dir`` (resuming it
+    when it was interrupted).
 
     Returns the ``metrics.json`` record: ``run`` {name, variant, model, task, profile, seed, config_hash},
-    ``test`` {protocol: metrics}, ``best_val`` {protocol: scalars}, ``best_epoch``, ``history`` (per epoch:
-    train_loss, val, epoch_time_s, ...), ``cost`` (the profile keys of :mod:`avs_mamba.profiling`, memory from
-    this run's own phases), ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``,
-    ``torch_version``, ``config`` (resolved). Under ``torchrun`` every rank returns it; rank 0 writes it.
+    ``test`` {protocol: metrics}, ``best_val`` {protocol: scalars on the selection split}, ``best_epoch``,
+    ``selection`` {split, protocol, metric}, ``history`` (per epoch: train_loss, val (on the selection split,
+    ``val_split``), epoch_time_s, ...), ``cost`` (the profile keys of :mod:`avs_mamba.profiling`, memory from this
+    run's own phases), ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``, ``torch_version``, ``config``
+    (resolved), ``recipe`` (the recipe card, :func:`avs_mamba.recipe.recipe_card`). Under ``torchrun`` every rank
+    returns it; rank 0 writes it.
 
     Raises:
         FileNotFoundError: the dataset is missing.

@@ -118,7 +118,12 @@ class IndexedDataset(Dataset):
 
 
 def build_split(config: ExperimentConfig, split: str) -> Dataset:
-    """The ``split`` dataset of the run (capped at ``data.max_clips``), its items carrying their ``index``."""
+    """The ``split`` dataset of the run (capped at ``data.max_clips``), its items carrying their ``index``.
+
+    Only the train split gets ``data.augment`` and ``data.train_mask_resize``; val and test are never augmented."""
+    options: dict[str, Any] = {"off_palette": config.data.off_palette} if config.data.task == "avss" else {}
+    if split == "train":
+        options.update(train_augment=config.data.augment.build(), train_mask_resize=config.data.train_mask_resize)
     dataset = build_dataset(
         config.data.task,
         dataset_root(config),
@@ -126,6 +131,7 @@ def build_split(config: ExperimentConfig, split: str) -> Dataset:
         image_size=config.data.image_size,
         audio_source=config.data.audio_source,
         seed=config.train.seed,
+        **options,
     )
     if len(dataset) == 0:
         raise ValueError(f"the {split} split of {dataset.root} has no clips; check the metadata CSV's split column")

@@ -396,12 +396,15 @@ class RunLogger:
     def start_config(
         self, config: ExperimentConfig, *, scan_backend: str, device: str, commit: str | None = None
     ) -> RunLogger:
-        """Start the run of ``config``: standard name, experiment and tags, flattened config as params and as YAML."""
+        """Start the run of ``config``: standard name, experiment and tags, flattened config and its recipe card
+        (``recipe.<key>``: source or deviation) as params, the config as YAML."""
+        from avs_mamba.recipe import card_params, recipe_card
+
         self.start(
             run_name(config.data.task, config.name, config.train.seed),
             experiment_name(config.profile),
             tags=run_tags(config, scan_backend=scan_backend, device=device, commit=commit),
-            params=config.flatten(),
+            params={**config.flatten(), **card_params(recipe_card(config, strict=False))},
         )
         self._call("log config", self.client.log_text, self.run_id, config.to_yaml(), "config.yaml")
         return self

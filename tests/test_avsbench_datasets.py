@@ -24,7 +24,7 @@ from avs_mamba.data.avsbench import (
     build_dataset,
     decode_palette_mask,
 )
-from avs_mamba.data.transforms import RandomClipAugment, apply_to_image, short_side_crop_geometry
+from avs_mamba.data.transforms import TrainAugment, apply_to_image, short_side_crop_geometry
 
 # ImageNet-normalised values of pure colours, worked out by hand: (c - mean) / std.
 RED = (2.2489, -2.0357, -1.8044)  # (255, 0, 0)
@@ -296,14 +296,14 @@ class TestAVSS:
         with pytest.raises(ValueError, match="subsets"):
             AVSSDataset(avss_root, "test", subsets=("v3",))
 
-    def test_short_side_crop_matches_resize_then_crop(self):
-        """The one-call crop box equals the official two-step resize + centre crop."""
+    def test_short_side_crop_is_resize_then_crop(self):
+        """The AVSS train geometry is the official two-step resize + centre crop, pixel for pixel."""
         img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8))
-        ours = np.asarray(apply_to_image(img, short_side_crop_geometry(50, 30, 24)), dtype=np.int16)
+        ours = np.asarray(apply_to_image(img, short_side_crop_geometry(50, 30, 24)))
         ow = int(50 * 24 / 30)  # 40
         x1 = int(round((ow - 24) / 2))  # 8
-        official = np.asarray(img.resize((ow, 24), Image.BILINEAR).crop((x1, 0, x1 + 24, 24)), dtype=np.int16)
-        assert np.abs(ours - official).max() <= 1
+        official = np.asarray(img.resize((ow, 24), Image.BILINEAR).crop((x1, 0, x1 + 24, 24)))
+        np.testing.assert_array_equal(ours, official)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,43 +312,73 @@ class TestAVSS:
 
 class TestAugment:
     def test_deterministic_and_epoch_dependent(self, ms3_root):
-        a = MS3Dataset(ms3_root, "train", image_size=16, train_augment=True, seed=3)
-        b = MS3Dataset(ms3_root, "train", image_size=16, train_augment=True, seed=3)
+        a = MS3Dataset(ms3_root, "train", image_size=16, train_augment=TrainAugment(), seed=3)
+        b = MS3Dataset(ms3_root, "train", image_size=16, train_augment=TrainAugment(), seed=3)
         assert a[0]["masks"].equal(b[0]["masks"]) and a[0]["frames"].equal(b[0]["frames"])
         draws = set()
         for epoch in range(6):
             a.set_epoch(epoch)
-            draws.add(a[0]["masks"].sum().item())
-        assert len(draws) > 1, "the crop must change with the epoch"
+            draws.add(a[0]["frames"].sum().item())
+        assert len(draws) > 1, "the draws must change with the epoch"
 
-    def test_one_draw_for_the_whole_clip(self, tmp_path):
+    @staticmethod
+    def _identical_frames(tmp_path):
         root = make_ms3(tmp_path, size=24)
         for k in range(2, 6):  # make every frame and mask of m1 identical
             shutil.copy(
                 root / "ms3_data/visual_frames/m1/m1.mp4_1.png", root / f"ms3_data/visual_frames/m1/m1.mp4_{k}.png"
             )
             shutil.copy(root / "ms3_data/gt_masks/train/m1/m1_1.png", root / f"ms3_data/gt_masks/train/m1/m1_{k}.png")
-        ds = MS3Dataset(root, "train", image_size=16, train_augment=RandomClipAugment(scale=(0.3, 0.6)))
+        return root
+
+    def test_per_clip_draw_is_shared_by_the_frames(self, tmp_path):
+        ds = MS3Dataset(
+            self._identical_frames(tmp_path), "train", image_size=16, train_augment=TrainAugment(per_frame=False)
+        )
         for epoch in range(3):
             ds.set_epoch(epoch)
             item = ds[0]
             assert all(item["frames"][t].equal(item["frames"][0]) for t in range(5))
             assert all(item["masks"][t].equal(item["masks"][0]) for t in range(5))
 
+    def test_official_draws_are_per_frame(self, tmp_path):
+        ds = MS3Dataset(self._identical_frames(tmp_path), "train", image_size=16, train_augment=TrainAugment())
+        item = ds[0]
+        assert any(not item["frames"][t].equal(item["frames"][0]) for t in range(1, 5))
+
     def test_flip_moves_frames_and_masks_together(self, tmp_path):
         root = make_avss(tmp_path)
         half = solid(32, 48, (0, 0, 0))
         half[:, :24] = (255, 0, 0)  # left half red, like the class-1 half of the label
         save_image(root / "v1s/aaa_0_5000/frames/0.jpg", half, quality=100)
-        flip = RandomClipAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0)  # whole frame, mirrored
+        flip = TrainAugment(flip_p=1.0, photometric=False, geometry=False)
         item = AVSSDataset(root, "train", image_size=16, train_augment=flip)[0]
         assert item["masks"][0, :, :8].eq(15).all() and item["masks"][0, :, 8:].eq(1).all()
         assert item["frames"][0, 0, :, 15].tolist() == pytest.approx([RED[0]] * 16, abs=0.05)
         assert item["frames"][0, 0, :, 0].tolist() == pytest.approx([BLACK[0]] * 16, abs=0.05)
 
+    def test_unlabelled_s4_frames_get_no_resize_or_crop(self, s4_root):
+        """Official per-frame form: frames without a mask (S4 train frames 2-5) skip the geometry branch."""
+        geo_only = TrainAugment(flip_p=0.0, photometric=False)
+        plain = S4Dataset(s4_root, "train", image_size=16)[0]["frames"]
+        for epoch in range(4):
+            ds = S4Dataset(s4_root, "train", image_size=16, train_augment=geo_only)
+            ds.set_epoch(epoch)
+            frames = ds[0]["frames"]
+            assert frames[1:].equal(plain[1:])
+
+    def test_soft_train_masks(self, ms3_root):
+        """train_mask_resize=bilinear up-samples 0/1 masks to soft targets (official AVS-Mamba); nearest does not."""
+        soft = MS3Dataset(ms3_root, "train", image_size=64, train_mask_resize="bilinear")[0]["masks"]
+        hard = MS3Dataset(ms3_root, "train", image_size=64)[0]["masks"]
+        assert set(hard.unique().tolist()) <= {0.0, 1.0}
+        inner = soft[(soft > 0) & (soft < 1)]
+        assert inner.numel() > 0 and soft.min() >= 0 and soft.max() <= 1
+        assert (soft.round() - hard).abs().mean() < 0.05  # same masks, soft only at their edges
+
     def test_augment_only_for_train(self, s4_root):
         with pytest.raises(ValueError, match="train_augment"):
-            S4Dataset(s4_root, "val", train_augment=True)
+            S4Dataset(s4_root, "val", train_augment=TrainAugment())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -414,13 +444,20 @@ class TestBadInput:
             S4Dataset(s4_root, "train")
         assert err.value.kind == "bad_csv"
 
-    def test_unknown_palette_colour(self, avss_root):
+    def test_unknown_palette_colour(self, avss_root, caplog):
         bad = two_class_rgb(32, 48, 1, 15)
-        bad[0, 0] = (1, 2, 3)
+        bad[0, :3] = (1, 2, 3)
         save_image(avss_root / "v1m/bbb_1/labels_rgb/2.png", bad)
         with pytest.raises(DatasetError, match=r"2\.png.*RGB\(1, 2, 3\)") as err:
-            AVSSDataset(avss_root, "val")[0]
+            AVSSDataset(avss_root, "val", off_palette="error")[0]
         assert err.value.kind == "unknown_palette_colour"
+        # default: class 0 as the official loader reads it, said once per clip with the pixel count
+        ds = AVSSDataset(avss_root, "val", image_size=48)
+        with caplog.at_level("WARNING", logger="avs_mamba.data"):
+            first, _ = ds[0], ds[0]
+        assert first["masks"][2, 0, :3].tolist() == [0, 0, 0]
+        reports = [r.getMessage() for r in caplog.records if "outside the AVSBench palette" in r.getMessage()]
+        assert len(reports) == 1 and "3 label pixel(s) in 1 frame(s)" in reports[0]
 
     def test_avss_frame_count_label_and_label_map(self, avss_root):
         (avss_root / "v2/ccc_0_10000/frames/9.jpg").unlink()

@@ -301,3 +301,20 @@ def test_forward_batch_keeps_model_extras_for_the_loss() -> None:
     assert out.extras["mix_map"].dtype == torch.float32
     assert torch.equal(out.extras["mix_map"], torch.full((1, 2, 1, 2, 2), 2.0))
     assert torch.equal(out.aux[0], torch.full((1, 2, 1, 4, 4), 2.0))
+
+
+def test_selection_on_test_and_official_evaluation_epochs(tmp_path: Path, data_root: Path) -> None:
+    """eval.selection=test evaluates the test split at the selection epochs (the official AVS-Mamba protocol); the
+    epochs are eval_from_epoch + k * eval_every (0-based), plus the last."""
+    config = _config(
+        tmp_path, data_root, train={"epochs": 4, "eval_every": 2, "eval_from_epoch": 0}, eval={"selection": "test"}
+    )
+    record = train(config, tmp_path / "run", tracking=False, progress=False, cost=())
+    assert [p["epoch"] for p in record["history"] if p["val"] is not None] == [0, 2, 3]
+    assert {p["val_split"] for p in record["history"]} == {"test"}
+    assert record["selection"]["split"] == "test"
+    best = record["history"][record["best_epoch"]]["val"]["official"]["miou"]
+    assert record["test"]["official"]["miou"] == pytest.approx(best), "the kept checkpoint is the best test epoch"
+    card = json.loads((tmp_path / "run" / "metrics.json").read_text())["recipe"]
+    assert card["eval.selection"]["value"] == "test"
+    assert card["train.lr"]["deviation"].startswith("no recipe card entry"), "tiny_seg has no card entries"

@@ -188,11 +188,12 @@ class TestAblationTable:
         ]
         table = ablation_table(load_runs(paths))
         full, no_tmb = _row(table, "full"), _row(table, "no_tmb")
-        assert list(table.display.columns[-4:]) == [
+        assert list(table.display.columns[-5:]) == [
             "S4 params (M)",
             "S4 GFLOPs",
             "S4 train mem (MB)",
             "S4 infer mem (MB)",
+            "setting",
         ]
         assert (full["S4 params (M)"], full["S4 GFLOPs"], full["S4 train mem (MB)"], full["S4 infer mem (MB)"]) == (
             "1.50",
@@ -248,8 +249,11 @@ class TestComparisonTable:
         ]
         table = comparison_table(load_runs(paths))
         methods = list(table.display["method"])
-        reproduced = table.display.iloc[: table.rules[0]]
+        reproduced = table.display.iloc[: table.rules[0] : 2]  # each followed by its same-setting published row
         assert [m.rstrip("†‡§¶") for m in reproduced["method"]] == ["AVS-Mamba", "TPAVI", "AVESFormer"]
+        beside = table.display.iloc[1 : table.rules[0] : 2]
+        assert all(m == "  published, same setting" for m in beside["method"])
+        assert all("no published number for this setting" in s for s in beside["source"]), "smoke runs have none"
         mamba = reproduced.iloc[0]
         assert mamba["S4 M_J"] == "72.0 ± 2.8" and mamba["S4 M_F"] == "81.0 ± 1.4"
         assert mamba["source"] == "reproduced (smoke, 2 seeds)"
@@ -280,19 +284,49 @@ class TestComparisonTable:
             _write_run(tmp_path, "tpavi", 0, 0.5, 0.6, model="tpavi", cost={**measured, "peak_mem_train_mb": 500.0}),
         ]
         table = comparison_table(load_runs(paths))
-        assert list(table.display.columns[-5:]) == [
+        assert list(table.display.columns[-6:]) == [
             "S4 params (M)",
             "S4 GFLOPs",
             "S4 train mem (MB)",
             "S4 infer mem (MB)",
+            "setting",
             "source",
         ]
         reproduced, published = table.display.iloc[: table.rules[0]], table.display.iloc[table.rules[0] :]
-        assert list(reproduced["S4 train mem (MB)"]) == ["300", "500"]
+        # reproduced rows alternate with their "published, same setting" rows, which carry no cost
+        assert list(reproduced["S4 train mem (MB)"]) == ["300", "–", "500", "–"]
         assert set(published["S4 train mem (MB)"]) == {"–"} and set(published["S4 params (M)"]) == {"–"}
         rows = table.data[table.data["metric"] == "peak_mem_infer_mb"]
         assert list(rows["name"]) == ["full", "tpavi"] and list(rows["value"]) == [80.0, 80.0]
         assert "Cost columns: the S4 runs" in table.footnotes[-1]
+
+    @staticmethod
+    def _paper_run(root: Path, model: str, backbone: str, size: int, selection: str, task: str = "s4") -> Path:
+        path = _write_run(root, model, 0, 0.70, 0.80, model=model, task=task)
+        record = json.loads(path.read_text())
+        record["config"]["model"]["backbone"] = backbone
+        record["config"]["data"] = {"image_size": size}
+        record["config"]["eval"] = {"batch_size": 1, "selection": selection}
+        path.write_text(json.dumps(record))
+        return path
+
+    def test_published_number_only_beside_the_same_setting(self, tmp_path: Path) -> None:
+        """Input size, backbone and selection split must all match the published row's setting."""
+        table = comparison_table(load_runs([self._paper_run(tmp_path / "a", "tpavi", "resnet50", 224, "val")]))
+        mine, beside = table.display.iloc[0], table.display.iloc[1]
+        assert mine["setting"] == "224 px, eval batch 1, selection val"
+        assert (beside["S4 M_J"], beside["S4 M_F"]) == ("72.79", "84.8")
+        assert beside["source"].startswith("AVSBench project page")
+        on_test = comparison_table(load_runs([self._paper_run(tmp_path / "b", "tpavi", "resnet50", 224, "test")]))
+        assert on_test.display.iloc[1]["S4 M_J"] == "–"
+        assert "S4: no published number for this setting" in on_test.display.iloc[1]["source"]
+        # AVSegFormer HEAD: its README numbers are at 512 px; HEAD at 224 px has none (76.45 is the older model's)
+        at_512 = comparison_table(load_runs([self._paper_run(tmp_path / "c", "avsegformer", "resnet50", 512, "val")]))
+        assert at_512.display.iloc[1]["S4 M_J"] == "76.38"
+        at_224 = comparison_table(load_runs([self._paper_run(tmp_path / "d", "avsegformer", "resnet50", 224, "val")]))
+        assert at_224.display.iloc[1]["S4 M_J"] == "–"
+        old = at_224.display[at_224.display["method"].str.startswith("AVSegFormer (before b2f40e2)")]
+        assert old.iloc[0]["S4 M_J"] == "76.45" and old.iloc[0]["setting"] == "224 px, selection val"
 
     def test_latex_uses_booktabs_and_separates_blocks(self, tmp_path: Path) -> None:
         paths = [_write_run(tmp_path, "full", 0, 0.70, 0.80), _write_run(tmp_path, "tpavi", 0, 0.5, 0.6, model="tpavi")]
@@ -319,7 +353,7 @@ class TestPublished:
 
     def test_row_without_source_is_rejected(self, tmp_path: Path) -> None:
         path = tmp_path / "pub.csv"
-        path.write_text("method,backbone,input,task,M_J,M_F,source,note\nX,R50,224,s4,70,80,,\n")
+        path.write_text("method,backbone,input,selection,task,M_J,M_F,source,note\nX,R50,224,val,s4,70,80,,\n")
         with pytest.raises(ValueError, match="line 2: X s4 has no source"):
             load_published(path)
 

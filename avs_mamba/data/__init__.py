@@ -23,7 +23,7 @@ from avs_mamba.data.avsbench import (
     build_dataset,
 )
 from avs_mamba.data.checks import CheckReport, check_dataset
-from avs_mamba.data.transforms import RandomClipAugment
+from avs_mamba.data.transforms import TrainAugment
 
 __all__ = [
     "AVSS_SUBSETS",
@@ -36,8 +36,8 @@ __all__ = [
     "CheckReport",
     "DatasetError",
     "MS3Dataset",
-    "RandomClipAugment",
     "S4Dataset",
+    "TrainAugment",
     "build_dataset",
     "check_dataset",
     "fit_examples",

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import json
+import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,7 +45,8 @@ from torch.utils.data import Dataset
 from avs_mamba.data.audio import PadMode, load_audio_examples
 from avs_mamba.data.transforms import (
     ClipGeometry,
-    RandomClipAugment,
+    Draws,
+    TrainAugment,
     apply_to_image,
     apply_to_mask,
     normalize_frames,
@@ -76,6 +79,9 @@ IGNORE_INDEX = 255
 AVSS_SUBSET_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
 AUDIO_SOURCES = ("auto", "pkl", "wav")
 LABEL_SOURCES = ("auto", "rgb", "semantic")
+OFF_PALETTE = ("background", "error")
+MASK_RESIZE = ("nearest", "bilinear")
+_LOG = logging.getLogger("avs_mamba.data")
 
 T = TypeVar("T")
 
@@ -174,12 +180,23 @@ def avss_palette(num_classes: int = NUM_CLASSES["avss"]) -> np.ndarray:
 _PALETTE_KEYS = {int(r) << 16 | int(g) << 8 | int(b): j for j, (r, g, b) in enumerate(avss_palette())}
 
 
-def decode_palette_mask(rgb: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
-    """``[H, W, 3]`` palette colours -> uint8 class indices; a colour outside the palette is an error (the
-    official loader silently maps it to background)."""
+def decode_palette_mask(
+    rgb: np.ndarray, path: Path | str = "<array>", *, off_palette: str = "error", counts: list[int] | None = None
+) -> np.ndarray:
+    """``[H, W, 3]`` palette colours -> uint8 class indices.
+
+    A colour outside the palette is class 0 with ``off_palette="background"``, as the official loaders map it
+    (``color_mask_to_label`` argmax over no match, SitongGong/AVS-Mamba@08b38b2:dataloader/v2_dataset.py), its pixel
+    count appended to ``counts``; with ``"error"`` it raises ``DatasetError`` naming the colours.
+    """
     keys = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2].astype(np.int64)
     uniq, inverse = np.unique(keys, return_inverse=True)
     unknown = [k for k in uniq.tolist() if k not in _PALETTE_KEYS]
+    if unknown and off_palette == "background":
+        lut = np.array([_PALETTE_KEYS.get(k, 0) for k in uniq.tolist()], dtype=np.uint8)
+        if counts is not None:
+            counts.append(int(np.isin(keys, unknown).sum()))
+        return lut[inverse].reshape(keys.shape)
     if unknown:
         counts = {k: int((keys == k).sum()) for k in unknown[:3]}
         shown = ", ".join(f"RGB{(k >> 16, (k >> 8) & 255, k & 255)} x{n}px" for k, n in counts.items())
@@ -192,9 +209,9 @@ def decode_palette_mask(rgb: np.ndarray, path: Path | str = "<array>") -> np.nda
     return lut[inverse].reshape(keys.shape)
 
 
-def _read_rgb_label(path: Path) -> np.ndarray:
+def _read_rgb_label(path: Path, off_palette: str = "error", counts: list[int] | None = None) -> np.ndarray:
     im = _read_image(path, "colour label (labels_rgb)")
-    return decode_palette_mask(np.asarray(im.convert("RGB")), path)
+    return decode_palette_mask(np.asarray(im.convert("RGB")), path, off_palette=off_palette, counts=counts)
 
 
 def _read_index_label(path: Path) -> np.ndarray:
@@ -253,6 +270,8 @@ class ClipSpec:
     label_flags: tuple[bool, ...]  # length T
     mask_count: tuple[Path, re.Pattern[str]] | None = None  # (folder, pattern): must hold exactly ``masks``
     extra: tuple[tuple[str, str], ...] = ()
+    # Off-palette pixel counts of the clip's colour labels, filled while they are read (AVSS labels_rgb).
+    off_palette_counts: list[int] | None = dataclasses.field(default=None, compare=False)
 
 
 def _attempt(fn: Callable[[], T], problems: list[DatasetError] | None) -> T | None:
@@ -304,10 +323,11 @@ class _AVSBenchDataset(Dataset, abc.ABC):
         root: str | Path,
         split: str,
         image_size: int = 224,
-        train_augment: bool | RandomClipAugment | None = None,
+        train_augment: TrainAugment | None = None,
         audio_source: str = "auto",
         *,
         mask_size: int | None = None,
+        train_mask_resize: str = "nearest",
         seed: int = 0,
         skip_unknown_splits: bool = False,
     ) -> None:
@@ -321,17 +341,21 @@ class _AVSBenchDataset(Dataset, abc.ABC):
             raise ValueError(f"mask_size must be a positive int or None, got {mask_size!r}")
         if audio_source not in AUDIO_SOURCES:
             raise ValueError(f"audio_source must be one of {AUDIO_SOURCES}, got {audio_source!r}")
-        if train_augment and split != "train":
+        if train_augment is not None and split != "train":
             raise ValueError(f"train_augment is only allowed for the train split, got split {split!r}")
+        if train_mask_resize not in MASK_RESIZE:
+            raise ValueError(f"train_mask_resize must be one of {MASK_RESIZE}, got {train_mask_resize!r}")
         if not self.root.is_dir():
             raise DatasetError(f"{self.task.upper()} dataset root not found", kind="missing_file", path=self.root)
         self.split = split
         self.image_size = image_size
         self.mask_size = mask_size
         self.audio_source = audio_source
-        self.augment = RandomClipAugment() if train_augment is True else (train_augment or None)
+        self.augment = train_augment
+        self.train_mask_resize = train_mask_resize
         self.seed = seed
         self.epoch = 0
+        self._off_palette_reported: set[str] = set()
         self.num_frames = NUM_FRAMES[self.task]
 
     def set_epoch(self, epoch: int) -> None:
@@ -362,8 +386,8 @@ class _AVSBenchDataset(Dataset, abc.ABC):
 
     # -- geometry -------------------------------------------------------------------------------------------------
 
-    def _generator(self, index: int) -> torch.Generator:
-        state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2, dtype=np.uint32)
+    def _generator(self, index: int, frame: int = 0) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, self.epoch, index, frame]).generate_state(2, dtype=np.uint32)
         return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def _train_geometry(self, width: int, height: int) -> ClipGeometry:
@@ -423,6 +447,36 @@ class _AVSBenchDataset(Dataset, abc.ABC):
                     _attempt(lambda p=path, m=mask: self._size_error(p, m.shape[::-1], size, "mask"), problems)
         return frames, masks, audio
 
+    def _train_frames(
+        self, index: int, frames: list[Image.Image], masks: list[np.ndarray | None]
+    ) -> tuple[list[Image.Image], list[np.ndarray | None]]:
+        """Augment (when configured) and bring each train frame and mask to ``image_size``; each frame gets its own
+        final geometry, since per-frame augmentation leaves the frames of a clip at different sizes."""
+        resample = self.train_mask_resize if self.mask_dtype == torch.float32 else "nearest"  # labels stay labels
+        images, out = [], []
+        for t, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
+            if self.augment is not None:
+                draws = Draws(self._generator(index, t if self.augment.per_frame else 0))
+                frame, mask = self.augment(frame, mask, draws)
+            geometry = self._train_geometry(frame.width, frame.height)
+            images.append(apply_to_image(frame, geometry))
+            out.append(None if mask is None else apply_to_mask(mask, geometry, resample))
+        return images, out
+
+    def _report_off_palette(self, spec: ClipSpec) -> None:
+        """Log, once per clip, how many label pixels had a colour outside the palette (read as background)."""
+        counts = spec.off_palette_counts or []
+        if sum(counts) and spec.clip_id not in self._off_palette_reported:
+            self._off_palette_reported.add(spec.clip_id)
+            _LOG.warning(
+                "%s clip %s: %d label pixel(s) in %d frame(s) have a colour outside the AVSBench palette; read as "
+                "class 0 (background) as the official loader does (data.off_palette=error refuses the clip)",
+                self.task.upper(),
+                spec.clip_id,
+                sum(counts),
+                sum(1 for c in counts if c),
+            )
+
     @staticmethod
     def _size_error(path: Path | None, got: tuple[int, ...], want: tuple[int, ...], what: str) -> None:
         raise DatasetError(
@@ -471,28 +525,28 @@ class _AVSBenchDataset(Dataset, abc.ABC):
             index += len(self)
         spec = self.clip_spec(index)
         frames, masks, audio = self._load_raw(spec)
+        self._report_off_palette(spec)
         width, height = frames[0].size
         if self.split == "train":
-            if self.augment is not None:
-                geometry = self.augment.sample(width, height, self.image_size, self._generator(index))
-            else:
-                geometry = self._train_geometry(width, height)
-            mask_geometry: ClipGeometry | None = geometry
+            images, masks = self._train_frames(index, frames, masks)
+            mask_hw = (self.image_size, self.image_size)
         else:
             geometry = resize_geometry(width, height, self.image_size)
             mask_geometry = self._eval_mask_geometry(geometry, width, height)
+            images = [apply_to_image(f, geometry) for f in frames]
+            if mask_geometry is not None:
+                masks = [None if m is None else apply_to_mask(m, mask_geometry) for m in masks]
+            mask_hw = (height, width) if mask_geometry is None else (mask_geometry.size, mask_geometry.size)
 
         T = self.num_frames
-        real = normalize_frames([apply_to_image(f, geometry) for f in frames])  # [n, 3, S, S]
+        real = normalize_frames(images)  # [n, 3, S, S]
         frames_out = real.new_zeros((T, *real.shape[1:]))
         frames_out[: real.shape[0]] = real
 
-        mask_hw = (height, width) if mask_geometry is None else (mask_geometry.size, mask_geometry.size)
         masks_out = torch.zeros((T, *mask_hw), dtype=self.mask_dtype)
         for t, mask in enumerate(masks):
             if mask is not None:
-                out = mask if mask_geometry is None else apply_to_mask(mask, mask_geometry)
-                masks_out[t] = torch.as_tensor(np.array(out), dtype=self.mask_dtype)
+                masks_out[t] = torch.as_tensor(np.array(mask), dtype=self.mask_dtype)
 
         frame_flags = torch.zeros(T, dtype=torch.bool)
         frame_flags[: len(frames)] = True
@@ -575,8 +629,10 @@ class AVSSDataset(_AVSBenchDataset):
 
     Extra args: ``subsets`` (any of v1s, v1m, v2) and ``label_source``: ``"rgb"`` (``labels_rgb`` palette, what
     the official loader reads), ``"semantic"`` (``labels_semantic`` indices, 255 = ignore) or ``"auto"``
-    (``labels_rgb`` when the clip has it, else ``labels_semantic``). Train frames get the official short-side
-    resize + centre crop unless ``train_augment``; val/test frames and masks are plainly resized to
+    (``labels_rgb`` when the clip has it, else ``labels_semantic``); ``off_palette``: a ``labels_rgb`` colour outside
+    the palette is class 0 (``"background"``, the official loader's reading, logged once per clip with its pixel
+    count) or a ``DatasetError`` (``"error"``). Train frames (after ``train_augment``, if any) get the official
+    short-side resize then centre crop; val/test frames and masks are plainly resized to
     ``image_size`` (masks to ``mask_size`` if given). Rows of the split whose ``label`` is not v1s/v1m/v2 raise
     ``DatasetError`` unless ``skip_unknown_labels`` (``check_dataset`` sets it and reports those rows itself).
     """
@@ -594,6 +650,7 @@ class AVSSDataset(_AVSBenchDataset):
         *,
         subsets: Sequence[str] = AVSS_SUBSETS,
         label_source: Literal["auto", "rgb", "semantic"] = "auto",
+        off_palette: Literal["background", "error"] = "background",
         skip_unknown_labels: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -603,7 +660,10 @@ class AVSSDataset(_AVSBenchDataset):
             raise ValueError(f"subsets must be a non-empty selection of {AVSS_SUBSETS}, got {list(subsets)}")
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
+        if off_palette not in OFF_PALETTE:
+            raise ValueError(f"off_palette must be one of {OFF_PALETTE}, got {off_palette!r}")
         self.label_source = label_source
+        self.off_palette = off_palette
         csv_path = self.root / self.csv_name
         df = _read_csv(csv_path, required=["uid", "split", "label"], min_columns=3)
         selected = self._select(df)
@@ -650,7 +710,9 @@ class AVSSDataset(_AVSBenchDataset):
         use_rgb = self.label_source == "rgb" or (
             self.label_source == "auto" and (rgb_dir.is_dir() or not sem_dir.is_dir())
         )
-        label_dir, reader = (rgb_dir, _read_rgb_label) if use_rgb else (sem_dir, _read_index_label)
+        counts: list[int] = []
+        rgb_reader = functools.partial(_read_rgb_label, off_palette=self.off_palette, counts=counts)
+        label_dir, reader = (rgb_dir, rgb_reader) if use_rgb else (sem_dir, _read_index_label)
         # v1s train clips carry one annotation (frame 0); every other clip is fully annotated.
         annotated = 1 if (subset == "v1s" and self.split == "train") else n
         pad = NUM_FRAMES["avss"] - n
@@ -666,6 +728,7 @@ class AVSSDataset(_AVSBenchDataset):
             label_flags=tuple(i < annotated for i in range(n)) + (False,) * pad,
             mask_count=None if annotated == 1 else (label_dir, re.compile(r"\d+\.png")),
             extra=(("subset", subset),),
+            off_palette_counts=counts,
         )
 
 

@@ -92,7 +92,10 @@ def check_dataset(root: str | Path, task: str) -> CheckReport:
     report = CheckReport(root=Path(root), task=task)
     for split in SPLITS:
         # Rows with an unknown split (or AVSS label) are reported once, by _csv_problems, not by the loader.
-        options = {"skip_unknown_splits": True} | ({"skip_unknown_labels": True} if task == "avss" else {})
+        # Off-palette colours are problems to report here, even though training reads them as background.
+        options = {"skip_unknown_splits": True} | (
+            {"skip_unknown_labels": True, "off_palette": "error"} if task == "avss" else {}
+        )
         try:
             dataset = build_dataset(task, root, split, **options)
         except DatasetError as err:

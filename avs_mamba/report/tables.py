@@ -57,7 +57,8 @@ REIMPLEMENTED = {
 RUN_KEYS = ("name", "variant", "model", "task", "profile", "seed")
 REQUIRED_KEYS = ("run", "test", "config")
 METRICS = (("miou", "M_J"), ("fscore", "M_F"))
-PUBLISHED_COLUMNS = ("method", "backbone", "input", "task", "M_J", "M_F", "source", "note")
+PUBLISHED_COLUMNS = ("method", "backbone", "input", "selection", "task", "M_J", "M_F", "source", "note")
+NO_PUBLISHED = "no published number for this setting"
 MISSING = "–"
 CHECK, CROSS = "✓", "✗"
 
@@ -323,6 +324,35 @@ def _profile_note(frame: pd.DataFrame) -> str:
 # Tables
 
 
+def _backbone_key(name: str) -> str:
+    """``pvt_v2_b5`` and ``PVT-v2-B5``, ``resnet50`` and ``ResNet-50`` name the same backbone."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def run_setting(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run's numbers depend on beyond the model: input size, evaluation batch (the official M_F picks its
+    threshold per batch) and the split the checkpoint was selected on."""
+    data, evaluation = config.get("data", {}), config.get("eval", {})
+    return {
+        "input": data.get("image_size"),
+        "eval_batch": evaluation.get("batch_size"),
+        "selection": evaluation.get("selection", "val"),  # runs recorded before the key existed selected on val
+    }
+
+
+def _setting_text(settings: Mapping[str, Mapping[str, Any]]) -> str:
+    """``512 px, eval batch 1, selection val``; per task (``S4 ...; AVSS ...``) when the tasks differ."""
+
+    def one(s: Mapping[str, Any]) -> str:
+        size, batch = (MISSING if s[k] is None else s[k] for k in ("input", "eval_batch"))
+        return f"{size} px, eval batch {batch}, selection {s['selection']}"
+
+    texts = {task: one(s) for task, s in settings.items()}
+    if len(set(texts.values())) <= 1:
+        return next(iter(texts.values()), MISSING)
+    return "; ".join(f"{TASK_LABELS[t]} {text}" for t, text in texts.items())
+
+
 def _seed_stats(runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """Per (name, task): mean/std/n of M_J and M_F (×100) over seeds."""
     rows = []
@@ -406,7 +436,10 @@ def comparison_table(
     """Main comparison: reproduced M_J / M_F per task (mean ± std over seeds) above the published numbers.
 
     Reproduced rows are the baselines and AVS-Mamba's ``reference`` variant (its ablations belong in the ablation
-    table). Published rows are restricted to ``methods`` (default: the methods reproduced here, by display name).
+    table). Each is followed by the published numbers of the *same setting* (method, backbone, input size and
+    selection split per task), or says "no published number for this setting". Below the rule, every published row
+    of ``methods`` (default: the methods reproduced here, by display name) with its setting and source. Every row
+    states its setting (input size, evaluation batch for reproduced rows, selection split).
     """
     published = load_published() if published is None else published
     keep = (runs["model"] != "avs_mamba") | (runs["variant"] == reference)
@@ -418,11 +451,11 @@ def comparison_table(
     tasks = _ordered_tasks(list(stats["task"]) + list(published["task"]))
     method_names = {name: MODEL_LABELS.get(info.loc[name, "model"], name) for name in info.index}
     wanted = set(methods) if methods is not None else set(method_names.values())
-    published = published[published["method"].str.rstrip("*").isin(wanted)]
+    published = published[published["method"].str.split(" (", regex=False).str[0].str.rstrip("*").isin(wanted)]
     cost_task, costs = _run_costs(runs)
     cost_columns = _cost_columns(cost_task)
-    columns = ["method", "backbone"] + [f"{TASK_LABELS[t]} {m}" for t in tasks for _, m in METRICS]
-    columns += [*cost_columns, "source"]
+    metric_columns = [f"{TASK_LABELS[t]} {m}" for t in tasks for _, m in METRICS]
+    columns = ["method", "backbone", *metric_columns, *cost_columns, "setting", "source"]
     display, data, footnotes = [], [], []
     marks: dict[str, str] = {}
 
@@ -438,6 +471,11 @@ def comparison_table(
         mine = stats[stats["name"] == name].set_index("task")
         group = runs[runs["name"] == name]
         backbone = str(info.loc[name, "config"].get("model", {}).get("backbone", MISSING))
+        settings = {
+            task: run_setting(group[group["task"] == task].iloc[0]["config"])
+            for task in tasks
+            if task in set(group["task"])
+        }
         cells = []
         for task in tasks:
             for _, label in METRICS:
@@ -455,6 +493,7 @@ def comparison_table(
                             "std": mine.loc[task, f"{label}_std"],
                             "n_seeds": int(mine.loc[task, "n_seeds"]),
                             "protocol": protocol,
+                            **settings[task],
                             "source": _profile_note(group),
                         }
                     )
@@ -478,7 +517,10 @@ def comparison_table(
                         "source": _profile_note(group),
                     }
                 )
-        display.append([method, backbone, *cells, _profile_note(group)])
+        display.append([method, backbone, *cells, _setting_text(settings), _profile_note(group)])
+        beside = _same_setting_row(published, method_names[name], backbone, tasks, settings)
+        beside[-2:-2] = [MISSING] * len(cost_columns)  # published costs are not comparable to measured ones
+        display.append(beside)
     first_published = len(display)
     for (method, backbone), group in published.groupby(["method", "backbone"], sort=False):
         by_task = group.set_index("task")
@@ -501,14 +543,22 @@ def comparison_table(
                             "std": math.nan,
                             "n_seeds": 0,
                             "protocol": "official",
+                            "input": by_task.loc[task, "input"],
+                            "selection": by_task.loc[task, "selection"],
                             "source": by_task.loc[task, "source"],
                         }
                     )
         for note in dict.fromkeys(n for n in group["note"] if n):
             method += mark(f"{method.rstrip('†‡§¶')} ({backbone}): {note}.")
-        inputs = sorted(set(group["input"]))
         cells += [MISSING] * len(cost_columns)  # published costs are not comparable to measured ones
-        display.append([method, f"{backbone} / {','.join(inputs)}", *cells, source])
+        settings = {t: {"input": r["input"], "selection": r["selection"]} for t, r in by_task.iterrows()}
+        texts = {t: f"{s['input']} px, selection {s['selection']}" for t, s in settings.items()}
+        text = (
+            next(iter(texts.values()))
+            if len(set(texts.values())) == 1
+            else "; ".join(f"{TASK_LABELS[t]} {v}" for t, v in texts.items())
+        )
+        display.append([method, backbone, *cells, text, source])
     caption = (
         f"Main comparison on AVSBench: M_J (Jaccard) and M_F (F-score, β² = 0.3) ×100, {protocol} protocol. "
         "Reproduced rows: mean ± sample std over seeds. Published rows: the numbers reported by the cited source."
@@ -523,6 +573,33 @@ def comparison_table(
         footnotes,
         rules=[first_published] if len(display) > first_published > 0 else [],
     )
+
+
+def _same_setting_row(
+    published: pd.DataFrame, method: str, backbone: str, tasks: list[str], settings: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """The published numbers of a reproduced row's setting, task by task (``–`` where none was published)."""
+    cells, sources, missing = [], [], []
+    for task in tasks:
+        match = pd.DataFrame()
+        if task in settings:
+            s = settings[task]
+            match = published[
+                (published["method"] == method)
+                & (published["backbone"].map(_backbone_key) == _backbone_key(backbone))
+                & (published["task"] == task)
+                & (published["input"].astype(str) == str(s["input"]))
+                & (published["selection"] == s["selection"])
+            ]
+            if match.empty:
+                missing.append(TASK_LABELS[task])
+        for _, label in METRICS:
+            cells.append(_number(match.iloc[0][label], 2 if label == "M_J" else 1) if len(match) else MISSING)
+        sources += [] if match.empty else [match.iloc[0]["source"]]
+    note = "; ".join(dict.fromkeys(sources))
+    if missing:
+        note = "; ".join(filter(None, [note, f"{', '.join(missing)}: {NO_PUBLISHED}"]))
+    return ["  published, same setting", backbone, *cells, MISSING, note]
 
 
 def _components(config: Mapping[str, Any], source: str, specs: Mapping[str, Callable]) -> dict[str, Any]:
@@ -567,6 +644,7 @@ def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference:
         columns += [f"{TASK_LABELS[task]} {m}" for _, m in METRICS] + [f"{TASK_LABELS[task]} Δ{m}" for _, m in METRICS]
     cost_task, costs = _run_costs(runs)
     columns += _cost_columns(cost_task)
+    columns.append("setting")  # input size, evaluation batch and selection split of the row's runs
     display, data = [], []
     for name in names:
         row: list[str] = [name, *(_symbol(comps[name][c]) for c in shown)]
@@ -612,6 +690,12 @@ def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference:
                         "protocol": "",
                     }
                 )
+        mine = runs[runs["name"] == name]
+        row.append(
+            _setting_text(
+                {t: run_setting(mine[mine["task"] == t].iloc[0]["config"]) for t in tasks if t in set(mine["task"])}
+            )
+        )
         display.append(row)
     caption = (
         f"AVS-Mamba ablations ({_profile_note(runs)}): M_J / M_F ×100, {protocol} protocol, mean ± sample std over "
