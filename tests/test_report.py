@@ -458,3 +458,23 @@ def test_build_tables_writes_everything(ablation_runs: list[Path], tmp_path: Pat
         build_tables(ablation_runs, tmp_path / "t2", only=["efficiency"])
     with pytest.raises(ValueError, match="unknown table"):
         build_tables(ablation_runs, tmp_path / "t2", only=["ablations"])
+
+
+def test_binary_overlay_scores_pixels_on_a_grey_frame() -> None:
+    """Row 2: ground truth white; row 3: TP / FP / FN colours; elsewhere the dimmed grey frame, never a tint."""
+    import torch
+
+    from avs_mamba.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from avs_mamba.overlays import FN_COLOUR, FP_COLOUR, GT_COLOUR, TP_COLOUR, overlay_grid
+
+    red = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    frames = red.view(1, 3, 1, 1).expand(1, 3, 2, 2)  # one pure-red 2x2 frame
+    target = torch.tensor([[[1, 1], [0, 0]]])
+    logits = torch.tensor([[[[5.0, -5.0], [5.0, -5.0]]]])  # predicted: left column
+    image = overlay_grid(frames, target, logits)
+    assert image.shape == (6, 2, 3)
+    gt, pred = image[2:4], image[4:6]
+    assert tuple(gt[0, 0]) == tuple(gt[0, 1]) == GT_COLOUR
+    assert tuple(pred[0, 0]) == TP_COLOUR and tuple(pred[0, 1]) == FN_COLOUR and tuple(pred[1, 0]) == FP_COLOUR
+    grey = round(0.55 * 0.299 * 255)  # luminance of pure red, dimmed by the overlay's grey level
+    assert tuple(pred[1, 1]) == (grey, grey, grey) and tuple(gt[1, 1]) == (grey, grey, grey)

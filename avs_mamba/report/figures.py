@@ -167,13 +167,12 @@ def qualitative_grid(
     rows = [("frames", lambda c: cells[(names[0], c)][0]), ("ground truth", lambda c: cells[(names[0], c)][1])]
     rows += [(n, lambda c, n=n: cells[(n, c)][2]) for n in names]
     h, w = cells[(names[0], common[0])][0].shape[:2]
-    width = 6.0  # inches per clip column: a 5 x 32 px strip is drawn about 5x larger at the figure's DPI
-    fig, axes = plt.subplots(
-        len(rows),
-        len(common),
-        figsize=(width * len(common) + 1.2, width * h / w * len(rows) * 1.08 + 1.0),
-        squeeze=False,
-    )
+    # Size the figure so each cell's slot has the strip's own aspect: no empty bands between rows.
+    fig_w, left, right, wspace, hspace = 6.0 * len(common) + 1.2, 0.1, 0.99, 0.04, 0.12
+    cell_w = fig_w * (right - left) / (len(common) + (len(common) - 1) * wspace)
+    fig_h = cell_w * h / w * (len(rows) + (len(rows) - 1) * hspace) + 1.5
+    fig, axes = plt.subplots(len(rows), len(common), figsize=(fig_w, fig_h), squeeze=False)
+    fig.subplots_adjust(left=left, right=right, top=1 - 0.95 / fig_h, bottom=0.55 / fig_h, wspace=wspace, hspace=hspace)
     for i, (label, strip) in enumerate(rows):
         for j, clip in enumerate(common):
             ax = axes[i][j]
@@ -200,7 +199,9 @@ def qualitative_grid(
         how = "prediction scored against the ground truth on the grey frame"
     else:
         how = "classes in the AVSBench palette"
-    fig.suptitle(f"{TASK_LABELS.get(task, task)} test clips, first seed of each variant: {how}", fontsize=11)
+    fig.suptitle(
+        f"{TASK_LABELS.get(task, task)} test clips, first seed of each variant: {how}", fontsize=11, y=1 - 0.3 / fig_h
+    )
     return _save(fig, out_path)
 
 

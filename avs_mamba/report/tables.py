@@ -365,9 +365,12 @@ def _values(group: pd.DataFrame, protocol: str, key: str, subset: str | None = N
     out: dict[int, float] = {}
     for run in group.itertuples():
         if subset is None:
-            out[int(run.seed)] = _metric(run.test, protocol, key, run.path)
+            value = _metric(run.test, protocol, key, run.path)
         else:
-            out[int(run.seed)] = _metric(run.test_subsets.get(subset, {}), protocol, key, f"{run.path} ({subset})")
+            value = _metric(run.test_subsets.get(subset, {}), protocol, key, f"{run.path} ({subset})")
+        # ×100 leaves float noise (0.85 * 100 = 85.00000000000001): without rounding, two runs with the same
+        # score would differ by 1e-14 and a zero-spread Δ of 1e-14 would "exclude 0"
+        out[int(run.seed)] = round(value, 9)
     return out
 
 
