@@ -63,10 +63,12 @@ from avs_mamba.evaluation import (
     METRICS_FILE,
     build_split,
     evaluate_model,
+    evaluate_model_subsets,
     evaluate_run,
     forward_batch,
     make_loader,
     metric_scalars,
+    probe_subsets,
     scan_backend_name,
     scan_splits,
     seed_everything,
@@ -497,8 +499,20 @@ class _Trainer:
         barrier(self.ctx)  # rank 0 wrote best.pt
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         test_set = build_split(cfg, "test")
+        subsets = probe_subsets(cfg, test_set)  # synthetic data only; {} on real AVSBench
         with self._phase("infer"):
-            test = self._evaluate(model, test_set)
+            test, test_subsets = evaluate_model_subsets(
+                model,
+                self._eval_loader(test_set),
+                subsets,
+                task=cfg.data.task,
+                protocols=list(cfg.eval.protocols),
+                eval_batch_size=cfg.eval.batch_size,
+                device=self.device,
+                ctx=self.ctx,
+                num_frames=self.num_frames,
+                amp=cfg.train.amp,
+            )
         cost: dict[str, Any] | None = None
         if self.ctx.is_main:
             self._overlays(model, test_set)
@@ -509,6 +523,9 @@ class _Trainer:
             "run": self._run_info(),
             "status": "finished",
             "test": test,
+            "test_subsets": test_subsets,
+            "subset_clips": {name: len(ids) for name, ids in subsets.items()},
+            "test_clips": len(test_set),  # type: ignore[arg-type]
             "best_val": best["val"],
             "best_epoch": best["epoch"],
             "selection": {"split": cfg.eval.selection, "protocol": self.protocol, "metric": "miou"},
@@ -591,6 +608,11 @@ class _Trainer:
         for section in ("test", "best_val"):
             for protocol, metrics in (record[section] or {}).items():
                 final.update({f"{section}/{protocol}/{k}": v for k, v in metric_scalars(metrics).items()})
+        for subset, by_protocol in record.get("test_subsets", {}).items():
+            for protocol, metrics in by_protocol.items():
+                final.update(
+                    {f"test_subset/{subset}/{protocol}/{k}": metrics[k] for k in ("miou", "fscore") if k in metrics}
+                )
         for key, value in (record["cost"] or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 final[f"cost/{key}"] = float(value)
@@ -642,10 +664,12 @@ def train(
     when it was interrupted).
 
     Returns the ``metrics.json`` record: ``run`` {name, variant, model, task, profile, seed, config_hash},
-    ``test`` {protocol: metrics}, ``best_val`` {protocol: scalars on the selection split}, ``best_epoch``,
-    ``selection`` {split, protocol, metric}, ``history`` (per epoch: train_loss, val (on the selection split,
-    ``val_split``), epoch_time_s, ...), ``cost`` (the profile keys of :mod:`avs_mamba.profiling`, memory from this
-    run's own phases), ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``, ``torch_version``, ``config``
+    ``test`` {protocol: metrics}, ``test_subsets`` {probe subset: {protocol: metrics}}, ``subset_clips``
+    {probe subset: clips} (both synthetic data only, see :func:`~avs_mamba.evaluation.probe_subsets`),
+    ``test_clips``, ``best_val`` {protocol: scalars on the selection split}, ``best_epoch``, ``selection`` {split,
+    protocol, metric}, ``history`` (per epoch: train_loss, val (on the selection split, ``val_split``),
+    epoch_time_s, ...), ``cost`` (the profile keys of :mod:`avs_mamba.profiling`, memory from this run's own
+    phases), ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``, ``torch_version``, ``config``
     (resolved), ``recipe`` (the recipe card, :func:`avs_mamba.recipe.recipe_card`). Under ``torchrun`` every rank
     returns it; rank 0 writes it.
 

@@ -6,15 +6,21 @@
 * :func:`evaluate_model`: streaming metric accumulators (:mod:`avs_mamba.metrics`) per protocol; logits are resized
   (bilinear) to the ground-truth size first; under DDP the accumulator states of all ranks are gathered and merged by
   dataset index, which reproduces the single-process numbers exactly (padding duplicates dropped).
+* Probe subsets (:func:`probe_subsets`): on the synthetic data, ``synth_clips.csv`` says per clip whether it is
+  temporal-hard, holds a silent distractor, or switches sources on and off; :func:`evaluate_model` scores each
+  subset beside the whole split from the same per-frame metric state (no second forward pass). Under the official
+  protocol a subset is batched as if it were evaluated alone (its clips in split order, ``eval_batch_size`` per batch).
+  Real AVSBench has no such file and no subsets.
 * :func:`evaluate_run`: re-evaluates a run directory's checkpoint and writes ``eval_{split}.json``.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,12 @@ __all__ = [
     "resize_logits",
     "scan_backend_name",
     "evaluate_model",
+    "evaluate_model_subsets",
+    "PROBE_SUBSETS",
+    "SYNTH_CLIPS_FILE",
+    "clip_names",
+    "subset_of_row",
+    "probe_subsets",
     "metric_scalars",
     "evaluate_run",
 ]
@@ -55,6 +67,15 @@ METRICS_FILE = "metrics.json"  # written by the engine when a run has finished
 # Folder of each task under a data root, as AVSBench ships them (and as `avs-bench synth` writes them).
 TASK_DIRS = {"s4": "Single-source", "ms3": "Multi-sources", "avss": "AVSS"}
 _CSV = {"s4": S4Dataset.csv_name, "ms3": MS3Dataset.csv_name, "avss": AVSSDataset.csv_name}
+# Per-clip facts the synthetic generator writes beside each task root (avs_mamba.data.synthetic).
+SYNTH_CLIPS_FILE = "synth_clips.csv"
+# Probe subsets of the synthetic data: what each one holds, i.e. where a component should matter.
+PROBE_SUBSETS = {
+    "temporal_hard": "clips with a same-class silent twin of a source: only motion in step with the audio tells them "
+    "apart (temporal modelling)",
+    "distractor": "clips with a silent object of a class that sounds nowhere in the clip (audio needed)",
+    "switching": "clips whose set of sounding sources changes from one second to the next (MS3 on/off)",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,6 +253,79 @@ def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Probe subsets
+
+
+def clip_names(dataset: Dataset) -> list[str]:
+    """Clip id of every item of a split built by :func:`build_split`, in index order (no file is read)."""
+    base, indices = dataset, None
+    while not hasattr(base, "clip_spec"):
+        if isinstance(base, Subset):
+            inner = list(base.indices)
+            indices = inner if indices is None else [inner[i] for i in indices]
+        if not hasattr(base, "dataset"):
+            raise TypeError(f"{type(dataset).__name__} does not wrap an AVSBench dataset; cannot name its clips")
+        base = base.dataset
+    order = range(len(base)) if indices is None else indices  # type: ignore[arg-type]
+    return [str(base.clip_spec(i).clip_id) for i in order]
+
+
+def subset_of_row(row: Mapping[str, str]) -> set[str]:
+    """The probe subsets (keys of :data:`PROBE_SUBSETS`) one ``synth_clips.csv`` row belongs to.
+
+    ``silent`` lists every silent object by class name, the twin of a temporal-hard pair included, so a distractor
+    is a silent object whose class is not among the sources; ``on`` holds one 0/1 string per source (``|``-joined),
+    so the clip switches when two seconds differ in which sources are on.
+    """
+    subsets: set[str] = set()
+    if str(row["temporal_hard"]).strip() == "1":
+        subsets.add("temporal_hard")
+    sources = set(filter(None, row["sources"].split("_")))
+    if any(name and name not in sources for name in row["silent"].split("_")):
+        subsets.add("distractor")
+    patterns = [p for p in row["on"].split("|") if p]
+    if patterns and len({tuple(p[k] for p in patterns) for k in range(len(patterns[0]))}) > 1:
+        subsets.add("switching")
+    return subsets
+
+
+def probe_subsets(config: ExperimentConfig, dataset: Dataset) -> dict[str, list[int]]:
+    """Dataset indices of each non-empty probe subset of ``dataset`` (one split of the run's task).
+
+    Empty when the task root has no ``synth_clips.csv`` (real AVSBench). A synthetic root whose CSV lacks a clip of
+    the split, or the expected columns, is an error: the subsets would silently be wrong.
+    """
+    path = dataset_root(config) / SYNTH_CLIPS_FILE
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    needed = {"name", "temporal_hard", "sources", "silent", "on"}
+    if not rows or not needed <= set(rows[0]):
+        raise ValueError(f"{path}: expected the columns {sorted(needed)} written by `avs-bench synth`")
+    by_name = {row["name"]: subset_of_row(row) for row in rows}
+    names = clip_names(dataset)
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(
+            f"{path} lists no row for {len(missing)} clip(s) of the split, e.g. {missing[:3]}; "
+            "re-run `avs-bench synth` for this data root"
+        )
+    subsets: dict[str, list[int]] = {}
+    for name in PROBE_SUBSETS:
+        members = [i for i, clip in enumerate(names) if name in by_name[clip]]
+        if members:
+            subsets[name] = members
+    return subsets
+
+
+def _subset_state(state: Mapping[str, Tensor], videos: Sequence[int]) -> dict[str, Tensor]:
+    """The rows of a metric ``state_dict`` that belong to the clips ``videos`` (dataset indices)."""
+    keep = torch.isin(state["video"], torch.as_tensor(list(videos), dtype=torch.int64))
+    return {k: (v if v.ndim == 0 else v[keep]) for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Evaluation
 
 
@@ -261,6 +355,37 @@ def evaluate_model(
     Items must carry ``index`` (see :func:`build_split`): it keys each clip in the metric states, so the merged DDP
     result equals the single-process one and the DistributedSampler's padding duplicates are dropped.
     """
+    return evaluate_model_subsets(
+        model,
+        loader,
+        {},
+        task=task,
+        protocols=protocols,
+        eval_batch_size=eval_batch_size,
+        device=device,
+        ctx=ctx,
+        num_frames=num_frames,
+        amp=amp,
+    )[0]
+
+
+@torch.no_grad()
+def evaluate_model_subsets(
+    model: nn.Module,
+    loader: DataLoader,
+    subsets: Mapping[str, Sequence[int]],
+    *,
+    task: str,
+    protocols: list[str],
+    eval_batch_size: int,
+    device: torch.device,
+    ctx: DistContext | None = None,
+    num_frames: int | None = None,
+    amp: bool = False,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """:func:`evaluate_model` plus the same metrics over each of ``subsets`` (name -> dataset indices, see
+    :func:`probe_subsets`), computed from the one pass's per-frame state: (protocol -> metrics, name -> protocol ->
+    metrics)."""
     ctx = ctx or DistContext()
     model.eval()
     metrics = {p: _new_metric(task, p, eval_batch_size) for p in protocols}
@@ -273,13 +398,19 @@ def evaluate_model(
                 metric.update(logits, masks, valid=batch["label_flags"], video_index=batch["index"])
             else:
                 metric.update(logits, masks, frame_flags=batch["frame_flags"], video_index=batch["index"])
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
+    by_subset: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in subsets}
     for protocol, metric in metrics.items():
         merged = _new_metric(task, protocol, eval_batch_size)
         for state in all_gather_object(ctx, metric.state_dict()):
             merged.merge(state)
         results[protocol] = merged.compute()
-    return results
+        full_state = merged.state_dict()
+        for name, videos in subsets.items():
+            part = _new_metric(task, protocol, eval_batch_size)
+            part.merge(_subset_state(full_state, videos))
+            by_subset[name][protocol] = part.compute()
+    return results, by_subset
 
 
 def metric_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -363,9 +494,11 @@ def evaluate_run(
             num_workers=config.data.num_workers,
             generator=torch.Generator().manual_seed(config.train.seed),
         )
-        metrics = evaluate_model(
+        subsets = probe_subsets(config, dataset)
+        metrics, subset_metrics = evaluate_model_subsets(
             model,
             loader,
+            subsets,
             task=config.data.task,
             protocols=list(config.eval.protocols),
             eval_batch_size=config.eval.batch_size,
@@ -386,6 +519,8 @@ def evaluate_run(
             "run_finished": finished,
             "split": split,
             "metrics": metrics,
+            "subsets": subset_metrics,
+            "subset_clips": {name: len(ids) for name, ids in subsets.items()},
             "eval": {"batch_size": config.eval.batch_size, "protocols": list(config.eval.protocols)},
             "device": str(dev),
             "world_size": ctx.world_size,

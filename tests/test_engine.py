@@ -65,6 +65,11 @@ def test_train_outputs_selection_and_mlflow(tmp_path: Path, data_root: Path) -> 
     assert set(on_disk["test"]) == {"official", "clean"}
     assert on_disk["test"]["official"]["eval_batch_size"] == 2
     assert on_disk["test"]["official"]["num_videos"] == 3  # the whole test split
+    # probe subsets of the synthetic split: every clip has a silent distractor, so that subset is the whole split
+    assert on_disk["test_clips"] == 3 and on_disk["subset_clips"]["distractor"] == 3
+    assert on_disk["test_subsets"]["distractor"]["official"]["miou"] == pytest.approx(
+        on_disk["test"]["official"]["miou"]
+    )
     assert on_disk["cost"]["params_total"] == sum(p.numel() for p in config.build_model().parameters())
     assert ExperimentConfig.from_yaml(out / "config.yaml") == config
 
@@ -92,6 +97,9 @@ def test_train_outputs_selection_and_mlflow(tmp_path: Path, data_root: Path) -> 
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
     assert losses == pytest.approx([h["train_loss"] for h in on_disk["history"]])
     assert run.data.metrics["test/official/miou"] == pytest.approx(on_disk["test"]["official"]["miou"])
+    for subset, by_protocol in on_disk["test_subsets"].items():
+        logged = run.data.metrics[f"test_subset/{subset}/clean/fscore"]
+        assert logged == pytest.approx(by_protocol["clean"]["fscore"])
     assert len(client.get_metric_history(run.info.run_id, "val/official/miou")) == 3
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "overlays"} <= artifacts

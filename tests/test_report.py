@@ -1,4 +1,4 @@
-"""Tables and figures from hand-made run files: mean ± std, ✓/✗ columns, Δ values, booktabs LaTeX, sources."""
+"""Tables and figures from hand-made run files: mean ± CI, paired Δ with marks, ✓/✗ columns, booktabs, sources."""
 
 from __future__ import annotations
 
@@ -59,9 +59,13 @@ def _write_run(
     variant: str | None = None,
     overlays: tuple[str, ...] = ("clip_a", "clip_b"),
     cost: dict[str, Any] | None = None,
+    subsets: dict[str, tuple[float, int]] | None = None,
+    num_videos: int = 40,
     **switches: Any,
 ) -> Path:
-    """A metrics.json shaped like the engine's, in results/runs/smoke/{task}/{name}/seed{seed}/."""
+    """A metrics.json shaped like the engine's, in results/runs/smoke/{task}/{name}/seed{seed}/.
+
+    ``subsets``: probe subset -> (M_J on it, its clip count), both protocols alike."""
     run_dir = root / "smoke" / task / name / f"seed{seed}"
     run_dir.mkdir(parents=True)
     config_model = _model_config(**switches) if model == "avs_mamba" else {"name": model, "backbone": "resnet_tiny"}
@@ -76,9 +80,14 @@ def _write_run(
             "config_hash": "abc",
         },
         "test": {
-            "official": {"protocol": "official", "miou": miou, "fscore": fscore},
-            "clean": {"protocol": "clean", "miou": miou - 0.01, "fscore": fscore - 0.01},
+            "official": {"protocol": "official", "miou": miou, "fscore": fscore, "num_videos": num_videos},
+            "clean": {"protocol": "clean", "miou": miou - 0.01, "fscore": fscore - 0.01, "num_videos": num_videos},
         },
+        "test_subsets": {
+            sub: {p: {"protocol": p, "miou": v, "fscore": v} for p in ("official", "clean")}
+            for sub, (v, _) in (subsets or {}).items()
+        },
+        "subset_clips": {sub: n for sub, (_, n) in (subsets or {}).items()},
         "best_val": {"miou": miou},
         "best_epoch": 1,
         "history": [],
@@ -139,17 +148,25 @@ class TestFormatting:
         assert format_delta(0.04) == "0.0"
 
 
+T_975_DF1 = 12.706204736174698  # Student t, 0.975 quantile, 1 degree of freedom (printed tables)
+T_975_DF2 = 4.302652729911275  # 2 degrees of freedom
+T_80_DF2 = 1.0606601717798212  # 0.80 quantile, 2 degrees of freedom
+
+
 class TestAblationTable:
     def test_values_components_and_deltas(self, ablation_runs: list[Path]) -> None:
         table = ablation_table(load_runs(ablation_runs))
+        # reference first, then the "components" block (no_cip, no_tmb), then frame_only_v2a: it has every component
+        # on, so it differs from the reference in nothing and lands with the components, whatever its name says
         assert list(table.display["variant"]) == ["full", "frame_only_v2a", "no_cip", "no_tmb"], "reference first"
         full, no_tmb, no_cip = _row(table, "full"), _row(table, "no_tmb"), _row(table, "no_cip")
-        assert full["S4 M_J"] == "72.0 ± 2.8"
-        assert full["S4 M_F"] == "81.0 ± 1.4"
-        assert no_tmb["S4 M_J"] == "61.0 ± 1.4"
-        assert no_tmb["S4 ΔM_J"] == "−11.0"  # 61 − 72
-        assert no_tmb["S4 ΔM_F"] == "−4.0"  # 77 − 81
-        assert no_cip["S4 ΔM_J"] == "+1.0"
+        # 2 seeds: half-width = t(0.975, 1) · s / √2; full M_J 70, 74 -> s = 2√2, half = 12.706 · 2 = 25.4
+        assert full["S4 M_J"] == f"72.0 ± {T_975_DF1 * 2:.1f}"
+        assert full["S4 M_F"] == f"81.0 ± {T_975_DF1 * 1:.1f}"  # 80, 82: s = √2, half = 12.706
+        # paired Δ of no_tmb: per-seed differences −10, −12 -> mean −11, s = √2, half = 12.706; no mark
+        assert no_tmb["S4 ΔM_J"] == f"−11.0 ± {T_975_DF1:.1f}"
+        assert no_tmb["S4 ΔM_F"] == f"−4.0 ± {T_975_DF1:.1f}"  # 75 − 80, 79 − 82 = −5, −3: s = √2
+        assert no_cip["S4 ΔM_J"].startswith("+1.0")
         assert full["S4 ΔM_J"] == "–"
         assert (no_tmb["MTE-TMB"], no_tmb["CIP"], no_tmb["V2A frame"], no_tmb["V2A temporal"]) == ("✗", "✓", "✓", "✓")
         assert (no_cip["MTE-TMB"], no_cip["CIP"]) == ("✓", "✗")
@@ -157,6 +174,78 @@ class TestAblationTable:
         # CIP-TMB differs between rows (no_tmb, and CIP off), so it is shown; audio and K never differ here.
         assert no_tmb["CIP-TMB"] == "✗" and full["CIP-TMB"] == "✓"
         assert "audio" not in table.display.columns and "K" not in table.display.columns
+        assert "n = 2 seeds" in table.caption and "paired t-test" in table.caption
+
+    def test_paired_interval_by_hand_three_seeds(self, tmp_path: Path) -> None:
+        """full M_J 70, 72, 74; no_tmb 66, 69, 70: the unpaired intervals overlap, the paired Δ excludes 0."""
+        root = tmp_path / "runs"
+        paths = [_write_run(root, "full", s, v, 0.8) for s, v in enumerate((0.70, 0.72, 0.74))]
+        paths += [
+            _write_run(root, "no_tmb", s, v, 0.8, mte__tmb=False, cip__tmb=False)
+            for s, v in enumerate((0.66, 0.69, 0.70))
+        ]
+        table = ablation_table(load_runs(paths))
+        full, no_tmb = _row(table, "full"), _row(table, "no_tmb")
+        assert full["S4 M_J"] == f"72.0 ± {T_975_DF2 * 2 / math.sqrt(3):.1f}" == "72.0 ± 5.0"
+        # no_tmb: mean 68.33, sample std √(13/3) = 2.08 -> half 5.2: overlaps full's interval
+        assert no_tmb["S4 M_J"] == "68.3 ± 5.2"
+        # differences −4, −3, −4: mean −11/3, sample std √(1/3), half = 4.303 · √(1/3) / √3 = 1.434
+        assert no_tmb["S4 ΔM_J"] == "−3.7 ± 1.4*"
+        assert no_tmb["S4 ΔM_F"] == "0.0 ± 0.0", "identical M_F: Δ 0 with no spread, not marked"
+        # minimum detectable effect of a paired t-test (α 0.05, power 0.8) at s_d = √(1/3), n = 3
+        mde = (T_975_DF2 + T_80_DF2) * math.sqrt(1 / 3) / math.sqrt(3)
+        assert f"S4 M_J {mde:.1f}" in table.caption and "n = 3 seeds" in table.caption
+        data = table.data[(table.data["variant"] == "no_tmb") & (table.data["metric"] == "M_J")].iloc[0]
+        assert data["delta"] == pytest.approx(-11 / 3)
+        half = T_975_DF2 * math.sqrt(1 / 3) / math.sqrt(3)
+        assert (data["delta_lo"], data["delta_hi"]) == pytest.approx((-11 / 3 - half, -11 / 3 + half))
+        assert bool(data["delta_excludes_zero"]) and data["mde"] == pytest.approx(mde)
+
+    def test_unpaired_seeds_are_an_error(self, tmp_path: Path) -> None:
+        root = tmp_path / "runs"
+        paths = [_write_run(root, "full", s, 0.7, 0.8) for s in (0, 1)]
+        paths += [_write_run(root, "no_cip", s, 0.7, 0.8, cip__enabled=False) for s in (0, 2)]
+        with pytest.raises(ValueError, match=r"no_cip \(S4\) ran seeds \[0, 2\], full ran \[0, 1\]"):
+            ablation_table(load_runs(paths))
+
+    def test_one_seed_says_no_interval(self, tmp_path: Path) -> None:
+        paths = [
+            _write_run(tmp_path, "full", 0, 0.70, 0.8),
+            _write_run(tmp_path, "no_cip", 0, 0.65, 0.8, cip__enabled=False),
+        ]
+        table = ablation_table(load_runs(paths))
+        assert "no interval: 1 seed" in table.caption
+        assert _row(table, "full")["S4 M_J"] == "70.0" and _row(table, "no_cip")["S4 ΔM_J"] == "−5.0"
+
+    def test_subset_columns_and_groups(self, tmp_path: Path) -> None:
+        """Proper probe subsets get M_J and ΔM_J columns; a subset holding every test clip is not repeated."""
+        root = tmp_path / "runs"
+        sub = {"temporal_hard": (0.50, 10), "distractor": (0.7, 40)}
+        paths = [
+            _write_run(root, "full", s, 0.7, 0.8, subsets={**sub, "temporal_hard": (v, 10)})
+            for s, v in enumerate((0.50, 0.52, 0.54))
+        ]
+        paths += [
+            _write_run(
+                root, "no_tmb", s, 0.7, 0.8, mte__tmb=False, cip__tmb=False, subsets={**sub, "temporal_hard": (v, 10)}
+            )
+            for s, v in enumerate((0.40, 0.43, 0.44))
+        ]
+        paths += [_write_run(root, "scan_k4", s, 0.7, 0.8, scan__k=4, subsets=sub) for s in range(3)]
+        paths += [_write_run(root, "no_audio", s, 0.3, 0.4, audio__enabled=False, subsets=sub) for s in range(3)]
+        paths += [
+            _write_run(root, "frame_only_v2a", s, 0.7, 0.8, mad__temporal_v2a=False, subsets=sub) for s in range(3)
+        ]
+        table = ablation_table(load_runs(paths))
+        assert "S4 M_J temporal-hard" in table.display.columns and "S4 ΔM_J temporal-hard" in table.display.columns
+        assert not any("distractor" in c for c in table.display.columns), "distractor = all 40 clips: not repeated"
+        no_tmb = _row(table, "no_tmb")
+        # per-seed differences on the subset: −10, −9, −10 (same numbers as the hand example above, in M_J ×100)
+        assert no_tmb["S4 ΔM_J temporal-hard"] == "−9.7 ± 1.4*"
+        assert no_tmb["S4 ΔM_J"] == "0.0 ± 0.0"
+        assert list(table.display["variant"]) == ["full", "no_tmb", "frame_only_v2a", "scan_k4", "no_audio"]
+        assert table.rules == [1, 2, 3, 4], "a rule between the reference and each block"
+        assert any("temporal-hard: clips with a same-class silent twin" in n for n in table.footnotes)
 
     def test_csv_data_holds_numbers(self, ablation_runs: list[Path], tmp_path: Path) -> None:
         paths = write_table(ablation_table(load_runs(ablation_runs)), tmp_path / "tables")
@@ -166,7 +255,9 @@ class TestAblationTable:
         assert row["mean"] == pytest.approx(61.0)
         assert row["std"] == pytest.approx(math.sqrt(2.0))
         assert row["delta"] == pytest.approx(-11.0)
-        assert row["n_seeds"] == 2
+        assert (row["delta_lo"], row["delta_hi"]) == pytest.approx((-11.0 - T_975_DF1, -11.0 + T_975_DF1))
+        assert (row["ci_lo"], row["ci_hi"]) == pytest.approx((61.0 - T_975_DF1, 61.0 + T_975_DF1))
+        assert row["n_seeds"] == 2 and row["subset"] == "all" and row["group"] == "components"
 
     def test_cost_columns_from_the_runs_own_records(self, tmp_path: Path) -> None:
         """Params, GFLOPs and both memory peaks per variant (mean over seeds), Δ in the CSV, method footnoted."""
@@ -219,7 +310,7 @@ class TestAblationTable:
 
     def test_clean_protocol_is_a_parameter(self, ablation_runs: list[Path]) -> None:
         table = ablation_table(load_runs(ablation_runs), protocol="clean")
-        assert _row(table, "full")["S4 M_J"] == "71.0 ± 2.8"
+        assert _row(table, "full")["S4 M_J"] == f"71.0 ± {T_975_DF1 * 2:.1f}"
         assert "clean protocol" in table.caption
 
     def test_missing_reference_is_an_error(self, ablation_runs: list[Path]) -> None:
@@ -255,7 +346,8 @@ class TestComparisonTable:
         assert all(m == "  published, same setting" for m in beside["method"])
         assert all("no published number for this setting" in s for s in beside["source"]), "smoke runs have none"
         mamba = reproduced.iloc[0]
-        assert mamba["S4 M_J"] == "72.0 ± 2.8" and mamba["S4 M_F"] == "81.0 ± 1.4"
+        # mean ± 95 % CI half-width over 2 seeds: t(0.975, 1) · s / √2
+        assert mamba["S4 M_J"] == f"72.0 ± {T_975_DF1 * 2:.1f}" and mamba["S4 M_F"] == f"81.0 ± {T_975_DF1:.1f}"
         assert mamba["source"] == "reproduced (smoke, 2 seeds)"
         assert mamba["MS3 M_J"] == "–"
         aves = reproduced.iloc[2]
@@ -467,7 +559,7 @@ def test_build_tables_writes_everything(ablation_runs: list[Path], tmp_path: Pat
     expected = [
         f"tables/{t}.{ext}" for t in ("ablation", "comparison", "efficiency", "scaling") for ext in ("csv", "md", "tex")
     ]
-    expected += ["figures/ablation_bars.png", "figures/qualitative_s4.png", "figures/scaling.png"]
+    expected += ["figures/ablation_forest.png", "figures/qualitative_s4.png", "figures/scaling.png"]
     assert names == sorted(expected)
     for path in written:
         assert path.stat().st_size > 0
@@ -476,3 +568,23 @@ def test_build_tables_writes_everything(ablation_runs: list[Path], tmp_path: Pat
         build_tables(ablation_runs, tmp_path / "t2", only=["efficiency"])
     with pytest.raises(ValueError, match="unknown table"):
         build_tables(ablation_runs, tmp_path / "t2", only=["ablations"])
+
+
+def test_binary_overlay_scores_pixels_on_a_grey_frame() -> None:
+    """Row 2: ground truth white; row 3: TP / FP / FN colours; elsewhere the dimmed grey frame, never a tint."""
+    import torch
+
+    from avs_mamba.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from avs_mamba.overlays import FN_COLOUR, FP_COLOUR, GT_COLOUR, TP_COLOUR, overlay_grid
+
+    red = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    frames = red.view(1, 3, 1, 1).expand(1, 3, 2, 2)  # one pure-red 2x2 frame
+    target = torch.tensor([[[1, 1], [0, 0]]])
+    logits = torch.tensor([[[[5.0, -5.0], [5.0, -5.0]]]])  # predicted: left column
+    image = overlay_grid(frames, target, logits)
+    assert image.shape == (6, 2, 3)
+    gt, pred = image[2:4], image[4:6]
+    assert tuple(gt[0, 0]) == tuple(gt[0, 1]) == GT_COLOUR
+    assert tuple(pred[0, 0]) == TP_COLOUR and tuple(pred[0, 1]) == FN_COLOUR and tuple(pred[1, 0]) == FP_COLOUR
+    grey = round(0.55 * 0.299 * 255)  # luminance of pure red, dimmed by the overlay's grey level
+    assert tuple(pred[1, 1]) == (grey, grey, grey) and tuple(gt[1, 1]) == (grey, grey, grey)

@@ -23,7 +23,7 @@ TEST_CONFIG = REPO / ".test" / "config.yaml"
 TABLES = [
     f"results/tables/{t}.{e}" for t in ("ablation", "comparison", "efficiency", "scaling") for e in ("md", "tex", "csv")
 ]
-FIGURES = ["results/figures/ablation_bars.png", "results/figures/qualitative_s4.png", "results/figures/scaling.png"]
+FIGURES = ["results/figures/ablation_forest.png", "results/figures/qualitative_s4.png", "results/figures/scaling.png"]
 
 
 def snakemake(workdir: Path, *args: str, config: Path = TEST_CONFIG, check: bool = True) -> subprocess.CompletedProcess:

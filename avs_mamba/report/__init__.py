@@ -105,11 +105,13 @@ def build_tables(
         written += write_table(ablation_table(frame, protocol=protocol, reference=reference), out_dir)
         if fig_dir is not None:
             written.append(
-                figures.ablation_bars(frame, fig_dir / "ablation_bars.png", protocol=protocol, reference=reference)
+                figures.ablation_forest(frame, fig_dir / "ablation_forest.png", protocol=protocol, reference=reference)
             )
             mamba = frame[frame["model"] == "avs_mamba"]
             for task in sorted(set(mamba["task"])):
-                written.append(figures.qualitative_grid(mamba, fig_dir / f"qualitative_{task}.png", task=task))
+                written.append(
+                    figures.qualitative_grid(mamba, fig_dir / f"qualitative_{task}.png", task=task, reference=reference)
+                )
     if "efficiency" in wanted:
         written += write_table(efficiency_table(load_costs(costs)), out_dir)
     if "scaling" in wanted:

@@ -1,9 +1,11 @@
 """Figures from the runs' files (seaborn on matplotlib's non-interactive Agg backend).
 
-* :func:`ablation_bars`: M_J / M_F per variant and task, bars at the seed mean with ±1 sample-std error bars and the
-  individual seeds as dots.
-* :func:`qualitative_grid`: one row per variant, one column per test clip, each cell the run's own overlay
-  (``overlays/{id}.png``: frames | ground truth | prediction), clips common to every variant.
+* :func:`ablation_forest`: a forest (dot-and-whisker) plot of each variant's paired Δ vs the reference with its
+  95 % interval (the numbers of the ablation table, from :mod:`avs_mamba.report.stats`), variants grouped into
+  components / V2A / scan K / controls, one panel per task and metric (probe subsets included).
+* :func:`qualitative_grid`: the test frames, the ground truth, then one row per variant (the reference first), one
+  column per test clip, each cell the run's own overlay row (``overlays/{id}.png``; binary tasks: TP / FP / FN on a
+  grey frame), upsampled with nearest-neighbour so 32-px frames stay sharp.
 * :func:`scaling_plot`: GFLOPs, peak memory and latency against clip length T and against pixels per frame H·W,
   log-log, with slope-1 and slope-2 guides.
 """
@@ -24,9 +26,19 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from avs_mamba.report.tables import METRICS, SCALING_MEASURES, TASK_LABELS, _metric, sweep_points  # noqa: E402
+from avs_mamba.report.tables import (  # noqa: E402
+    METRICS,
+    SCALING_MEASURES,
+    SUBSET_LABELS,
+    TASK_LABELS,
+    _ordered_tasks,
+    _proper_subsets,
+    ablation_order,
+    seed_intervals,
+    sweep_points,
+)
 
-__all__ = ["ablation_bars", "qualitative_grid", "scaling_plot"]
+__all__ = ["ablation_forest", "qualitative_grid", "scaling_plot"]
 
 DPI = 150
 
@@ -39,61 +51,83 @@ def _save(fig: plt.Figure, out_path: str | Path) -> Path:
     return out
 
 
-def ablation_bars(
+def ablation_forest(
     runs: pd.DataFrame, out_path: str | Path, *, protocol: str = "official", reference: str = "full"
 ) -> Path:
-    """Bar chart of the AVS-Mamba variants (reference first): one panel per metric, one bar colour per task."""
+    """Forest plot of Δ vs ``reference`` (mean of per-seed paired differences, ×100) with 95 % paired-t intervals.
+
+    One row per variant, grouped as in the ablation table; one panel per (task, metric): M_J and M_F of the test
+    split, then M_J of each probe subset. Filled dots: the interval excludes 0; hollow: it does not. With one seed
+    there is no interval and the title says so.
+    """
     runs = runs[runs["model"] == "avs_mamba"]
-    if runs.empty:
-        raise ValueError("ablation figure: no AVS-Mamba runs among the inputs")
-    long = pd.DataFrame(
-        [
-            {
-                "variant": run.name_,
-                "task": TASK_LABELS[run.task],
-                "metric": label,
-                "value": _metric(run.test, protocol, key, run.path),
-            }
-            for run in runs.rename(columns={"name": "name_"}).itertuples()
-            for key, label in METRICS
-        ]
-    )
-    names = sorted(set(long["variant"]))
-    ref = runs.loc[runs["variant"] == reference, "name"]
-    order = ([ref.iloc[0]] if not ref.empty else []) + [n for n in names if ref.empty or n != ref.iloc[0]]
+    ref_name, order = ablation_order(runs, reference)
+    rows = order[1:]
+    if not rows:  # the workflow declares the file; say why it is empty rather than fail the report
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"only the reference variant {ref_name!r} was run: no Δ to plot", ha="center", va="center")
+        return _save(fig, out_path)
+    panels: list[tuple[str, str, str, str | None]] = []
+    for task in _ordered_tasks(runs["task"]):
+        panels += [(task, key, label, None) for key, label in METRICS]
+        panels += [(task, "miou", "M_J", sub) for sub in _proper_subsets(runs, task)]
+    # y positions: groups stacked top to bottom with a gap and a header line between them
+    ys, labels, headers, y = [], [], [], 0.0
+    previous = None
+    for name, group in rows:
+        if group != previous:
+            headers.append((y, group))
+            y += 0.8
+            previous = group
+        ys.append(y)
+        labels.append(name)
+        y += 1.0
     sns.set_theme(style="whitegrid", context="paper")
-    grid = sns.catplot(
-        data=long,
-        kind="bar",
-        x="variant",
-        y="value",
-        hue="task",
-        col="metric",
-        order=order,
-        errorbar=("sd", 1),
-        capsize=0.15,
-        height=3.2,
-        aspect=max(1.0, 0.35 * len(order)),
-        sharey=False,
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(2.8 * len(panels) + 1.4, 0.34 * y + 1.4), sharey=True, squeeze=False
     )
-    for ax, (_, label) in zip(grid.axes.flat, METRICS, strict=True):
-        sns.stripplot(
-            data=long[long["metric"] == label],
-            x="variant",
-            y="value",
-            hue="task",
-            order=order,
-            dodge=True,
-            palette="dark:black",
-            size=3,
-            legend=False,
-            ax=ax,
+    n_max = 0
+    for ax, (task, key, label, subset) in zip(axes[0], panels, strict=True):
+        for (name, _), yy in zip(rows, ys, strict=True):
+            if not ((runs["name"] == name) & (runs["task"] == task)).any():
+                continue
+            _, delta = seed_intervals(runs, name, ref_name, task, protocol, key, subset)
+            if delta is None:  # the reference itself (never among the rows)
+                continue
+            n_max = max(n_max, delta.n)
+            colour = "black" if delta.excludes_zero else "grey"
+            if math.isfinite(delta.lo):
+                ax.plot([delta.lo, delta.hi], [yy, yy], color=colour, lw=1.6, solid_capstyle="butt")
+            ax.plot(delta.mean, yy, "o", ms=6, color=colour, markerfacecolor=colour if delta.excludes_zero else "white")
+        ax.axvline(0.0, color="#b03030", lw=1.0, ls="--")
+        where = f"{TASK_LABELS[task]} Δ{label}" + (f"\n{SUBSET_LABELS[subset]} clips" if subset else "\nall test clips")
+        ax.set_title(where, fontsize=10)
+        ax.set_xlabel("Δ ×100 vs " + ref_name, fontsize=9)
+        ax.tick_params(labelsize=9)
+    ax0 = axes[0][0]
+    ax0.set_yticks(ys, labels, fontsize=10)
+    for yy, group in headers:
+        ax0.annotate(
+            group,
+            xy=(0, yy),
+            xycoords=("axes fraction", "data"),
+            xytext=(-4, 0),
+            textcoords="offset points",
+            ha="right",
+            va="center",
+            fontsize=9,
+            fontweight="bold",
+            annotation_clip=False,
         )
-        ax.set_xlabel("")
-        ax.set_ylabel(f"{label} ×100 ({protocol})")
-        ax.tick_params(axis="x", rotation=30)
-    grid.figure.suptitle("AVS-Mamba ablations: mean ± std over seeds (dots: seeds)", y=1.03)
-    return _save(grid.figure, out_path)
+    ax0.set_ylim(y - 0.4, -0.6)  # first group on top
+    seeds = "no interval: 1 seed" if n_max < 2 else f"95 % paired-t intervals over {n_max} seeds"
+    fig.suptitle(
+        f"AVS-Mamba ablations: Δ vs {ref_name} ({protocol} protocol; {seeds}; filled: interval excludes 0)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return _save(fig, out_path)
 
 
 def _split_overlay(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,11 +139,14 @@ def _split_overlay(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image[:h], image[h : 2 * h], image[2 * h :]
 
 
-def qualitative_grid(runs: pd.DataFrame, out_path: str | Path, *, task: str, max_clips: int = 3) -> Path:
+def qualitative_grid(
+    runs: pd.DataFrame, out_path: str | Path, *, task: str, max_clips: int = 3, reference: str | None = None
+) -> Path:
     """Masks per variant on the same test clips: rows frames, ground truth, then each variant's prediction.
 
     Uses the runs' own overlays (``overlays/{id}.png``, first seed of each variant) and the first ``max_clips`` clip
-    ids that every variant has; one column per clip (each cell a strip of its T frames).
+    ids that every variant has; one column per clip (each cell a strip of its T frames). The ``reference`` variant's
+    row comes first. Cells are drawn with nearest-neighbour upsampling (pixels stay square at 32-px frames).
     """
     runs = runs[runs["task"] == task].sort_values(["name", "seed"]).drop_duplicates("name")
     if runs.empty:
@@ -124,26 +161,47 @@ def qualitative_grid(runs: pd.DataFrame, out_path: str | Path, *, task: str, max
     common = sorted(set.intersection(*(set(o) for o in overlays.values())))[:max_clips]
     if not common:
         raise ValueError(f"qualitative figure: the runs of {task!r} share no overlay clip ids ({sorted(overlays)})")
-    names = list(overlays)
+    ref = runs.loc[runs["variant"] == reference, "name"] if reference is not None else runs.iloc[0:0]["name"]
+    names = list(ref) + [n for n in overlays if n not in set(ref)]
     cells = {(n, c): _split_overlay(overlays[n][c]) for n in names for c in common}
     rows = [("frames", lambda c: cells[(names[0], c)][0]), ("ground truth", lambda c: cells[(names[0], c)][1])]
     rows += [(n, lambda c, n=n: cells[(n, c)][2]) for n in names]
     h, w = cells[(names[0], common[0])][0].shape[:2]
-    width = 5.0  # inches per clip column
-    fig, axes = plt.subplots(
-        len(rows), len(common), figsize=(width * len(common), width * h / w * len(rows) + 0.6), squeeze=False
-    )
+    # Size the figure so each cell's slot has the strip's own aspect: no empty bands between rows.
+    fig_w, left, right, wspace, hspace = 6.0 * len(common) + 1.2, 0.1, 0.99, 0.04, 0.12
+    cell_w = fig_w * (right - left) / (len(common) + (len(common) - 1) * wspace)
+    fig_h = cell_w * h / w * (len(rows) + (len(rows) - 1) * hspace) + 1.5
+    fig, axes = plt.subplots(len(rows), len(common), figsize=(fig_w, fig_h), squeeze=False)
+    fig.subplots_adjust(left=left, right=right, top=1 - 0.95 / fig_h, bottom=0.55 / fig_h, wspace=wspace, hspace=hspace)
     for i, (label, strip) in enumerate(rows):
         for j, clip in enumerate(common):
             ax = axes[i][j]
-            ax.imshow(strip(clip))
+            ax.imshow(strip(clip), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(clip, fontsize=8)
+                ax.set_title(clip, fontsize=10)
             if j == 0:
-                ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
-    fig.suptitle(f"{TASK_LABELS.get(task, task)} test clips: ground truth (red) and predictions (green)", fontsize=10)
+                ax.set_ylabel(label, fontsize=10, rotation=0, ha="right", va="center")
+    if task in ("s4", "ms3"):
+        from matplotlib.patches import Patch
+
+        from avs_mamba.overlays import FN_COLOUR, FP_COLOUR, GT_COLOUR, TP_COLOUR
+
+        legend = [
+            ("ground truth", GT_COLOUR),
+            ("true positive", TP_COLOUR),
+            ("false positive", FP_COLOUR),
+            ("false negative", FN_COLOUR),
+        ]
+        handles = [Patch(facecolor=np.array(c) / 255, edgecolor="black", label=n) for n, c in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=10, bbox_to_anchor=(0.5, -0.01))
+        how = "prediction scored against the ground truth on the grey frame"
+    else:
+        how = "classes in the AVSBench palette"
+    fig.suptitle(
+        f"{TASK_LABELS.get(task, task)} test clips, first seed of each variant: {how}", fontsize=11, y=1 - 0.3 / fig_h
+    )
     return _save(fig, out_path)
 
 

@@ -63,9 +63,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
     return Interval(mean, mean - half, mean + half, int(arr.size), std, confidence)
 
 
-def paired_delta_ci(
-    values: Mapping[int, float], reference: Mapping[int, float], confidence: float = 0.95
-) -> Interval:
+def paired_delta_ci(values: Mapping[int, float], reference: Mapping[int, float], confidence: float = 0.95) -> Interval:
     """Mean per-seed difference ``values[s] - reference[s]`` over the seeds both have, with its paired-t interval.
 
     Seeds present on one side only are an error: an unpaired seed would silently turn the paired test into an

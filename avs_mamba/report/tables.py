@@ -6,8 +6,11 @@ ways by :func:`write_table`: Markdown (``.md``, for the README and reviews), LaT
 papers) and CSV (``.csv``, the numbers unformatted, one row per cell group, for further analysis).
 
 Conventions: M_J and M_F are shown ×100, as AVSBench papers print them. Reproduced numbers are the mean over seeds
-± the sample standard deviation (ddof = 1; one seed shows the mean alone). Which evaluation protocol a table uses is
-a parameter and is printed in its caption; published numbers are official-protocol numbers.
+± the half-width of its 95 % Student-t confidence interval (:mod:`avs_mamba.report.stats`; one seed shows the mean
+alone and the caption says "no interval: 1 seed"). An ablation Δ is the mean of the per-seed differences to the
+reference variant (runs paired by seed: same data order and augmentation draws) ± the half-width of its paired-t
+interval, marked ``*`` when that interval excludes 0. Which evaluation protocol a table uses is a parameter and is
+printed in its caption; published numbers are official-protocol numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from avs_mamba.report.stats import Interval, mean_ci, minimum_detectable_effect, paired_delta_ci
+
 __all__ = [
     "TASK_LABELS",
     "MODEL_LABELS",
@@ -39,8 +44,16 @@ __all__ = [
     "mean_std",
     "format_mean_std",
     "format_delta",
+    "format_ci",
+    "format_delta_ci",
+    "SUBSET_LABELS",
+    "seed_intervals",
     "comparison_table",
     "ablation_table",
+    "ablation_components",
+    "ablation_order",
+    "variant_group",
+    "GROUPS",
     "efficiency_table",
     "scaling_table",
     "valid_slope",
@@ -61,6 +74,9 @@ PUBLISHED_COLUMNS = ("method", "backbone", "input", "selection", "task", "M_J", 
 NO_PUBLISHED = "no published number for this setting"
 MISSING = "–"
 CHECK, CROSS = "✓", "✗"
+SIGNIFICANT = "*"  # a Δ whose 95 % paired interval excludes 0
+# Probe subsets of the synthetic test split (avs_mamba.evaluation.PROBE_SUBSETS) as the tables name them.
+SUBSET_LABELS = {"temporal_hard": "temporal-hard", "distractor": "distractor", "switching": "switching"}
 
 
 def _get(config: Mapping[str, Any], dotted: str, source: str) -> Any:
@@ -141,8 +157,9 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per run from ``metrics.json`` files (or run directories holding them).
 
     Columns: ``path``, the ``run`` fields (name, variant, model, task, profile, seed), ``test`` (protocol ->
-    metrics dict), ``config`` (the resolved config), ``cost`` (dict, possibly empty), ``overlays`` (the run's
-    ``overlays/`` folder) and ``wall_time_s``.
+    metrics dict), ``test_subsets`` (probe subset -> protocol -> metrics; empty on real data), ``subset_clips``
+    (probe subset -> clips), ``test_clips`` (clips in the test split, None in older files), ``config`` (the resolved
+    config), ``cost`` (dict, possibly empty), ``overlays`` (the run's ``overlays/`` folder) and ``wall_time_s``.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -168,6 +185,9 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
                 **{key: run[key] for key in RUN_KEYS},
                 "seed": int(run["seed"]),
                 "test": record["test"],
+                "test_subsets": record.get("test_subsets") or {},
+                "subset_clips": record.get("subset_clips") or {},
+                "test_clips": record.get("test_clips"),
                 "config": record["config"],
                 "cost": record.get("cost") or {},
                 "overlays": str(path.parent / "overlays"),
@@ -295,6 +315,23 @@ def format_delta(delta: float, digits: int = 1) -> str:
     return ("+" if delta > 0 else "−") + text
 
 
+def format_ci(interval: Interval | None, digits: int = 1) -> str:
+    """``"72.3 ± 1.9"`` (mean ± 95 % CI half-width); the mean alone for one seed; ``"–"`` without a value."""
+    if interval is None or not math.isfinite(interval.mean):
+        return MISSING
+    return format_mean_std(interval.mean, interval.half_width, digits)
+
+
+def format_delta_ci(interval: Interval | None, digits: int = 1) -> str:
+    """``"−3.1 ± 1.2*"``: signed mean paired difference ± CI half-width, ``*`` when the interval excludes 0."""
+    if interval is None or not math.isfinite(interval.mean):
+        return MISSING
+    text = format_delta(interval.mean, digits)
+    if math.isfinite(interval.half_width):
+        text += f" ± {interval.half_width:.{digits}f}"
+    return text + (SIGNIFICANT if interval.excludes_zero else "")
+
+
 def _number(value: float, digits: int) -> str:
     return MISSING if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -353,14 +390,29 @@ def _setting_text(settings: Mapping[str, Mapping[str, Any]]) -> str:
     return "; ".join(f"{TASK_LABELS[t]} {text}" for t, text in texts.items())
 
 
+def _values(group: pd.DataFrame, protocol: str, key: str, subset: str | None = None) -> dict[int, float]:
+    """Seed -> metric ×100 of one variant's runs, on the whole test split or on one probe subset of it."""
+    out: dict[int, float] = {}
+    for run in group.itertuples():
+        if subset is None:
+            value = _metric(run.test, protocol, key, run.path)
+        else:
+            value = _metric(run.test_subsets.get(subset, {}), protocol, key, f"{run.path} ({subset})")
+        # ×100 leaves float noise (0.85 * 100 = 85.00000000000001): without rounding, two runs with the same
+        # score would differ by 1e-14 and a zero-spread Δ of 1e-14 would "exclude 0"
+        out[int(run.seed)] = round(value, 9)
+    return out
+
+
 def _seed_stats(runs: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    """Per (name, task): mean/std/n of M_J and M_F (×100) over seeds."""
+    """Per (name, task): mean/std/n of M_J and M_F (×100) over seeds, with the 95 % CI bounds (``*_lo``/``*_hi``)."""
     rows = []
     for (name, task), group in runs.groupby(["name", "task"], sort=False):
         row: dict[str, Any] = {"name": name, "task": task, "n_seeds": len(group)}
         for key, label in METRICS:
-            values = [_metric(t, protocol, key, p) for t, p in zip(group["test"], group["path"], strict=True)]
-            row[label], row[f"{label}_std"], _ = mean_std(values)
+            interval = mean_ci(list(_values(group, protocol, key).values()))
+            row[label], row[f"{label}_std"] = interval.mean, interval.std
+            row[f"{label}_lo"], row[f"{label}_hi"] = interval.lo, interval.hi
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -425,6 +477,44 @@ def _cost_note(runs: pd.DataFrame, task: str) -> str:
     )
 
 
+def seed_intervals(
+    runs: pd.DataFrame, name: str, reference: str, task: str, protocol: str, key: str, subset: str | None = None
+) -> tuple[Interval, Interval | None]:
+    """(mean CI of variant ``name``, paired Δ CI vs ``reference``) for one task, metric and (optional) subset.
+
+    The Δ is None for the reference itself. Seeds of the variant and the reference must match one to one.
+    """
+    mine = _values(runs[(runs["name"] == name) & (runs["task"] == task)], protocol, key, subset)
+    interval = mean_ci(list(mine.values()))
+    if name == reference:
+        return interval, None
+    ref = _values(runs[(runs["name"] == reference) & (runs["task"] == task)], protocol, key, subset)
+    try:
+        return interval, paired_delta_ci(mine, ref)
+    except ValueError as err:
+        raise ValueError(
+            f"ablation table: {name} ({TASK_LABELS[task]}) ran seeds {sorted(mine)}, {reference} ran {sorted(ref)}; "
+            f"Δ pairs runs by seed, so both need the same seeds ({err})"
+        ) from None
+
+
+def _proper_subsets(runs: pd.DataFrame, task: str) -> list[str]:
+    """Probe subsets every run of ``task`` was scored on that are smaller than the test split (others repeat it)."""
+    group = runs[runs["task"] == task]
+    common = set.intersection(*(set(s) for s in group["test_subsets"])) if len(group) else set()
+    shown = []
+    for subset in SUBSET_LABELS:
+        if subset not in common:
+            continue
+        sizes = {
+            (int(c.get(subset, 0)), int(n) if pd.notna(n) else int(t[next(iter(t))].get("num_videos", 0)))
+            for c, n, t in zip(group["subset_clips"], group["test_clips"], group["test"], strict=True)
+        }
+        if any(0 < n < whole for n, whole in sizes):
+            shown.append(subset)
+    return shown
+
+
 def comparison_table(
     runs: pd.DataFrame,
     published: pd.DataFrame | None = None,
@@ -433,7 +523,7 @@ def comparison_table(
     reference: str = "full",
     methods: Iterable[str] | None = None,
 ) -> Table:
-    """Main comparison: reproduced M_J / M_F per task (mean ± std over seeds) above the published numbers.
+    """Main comparison: reproduced M_J / M_F per task (mean ± 95 % CI over seeds) above the published numbers.
 
     Reproduced rows are the baselines and AVS-Mamba's ``reference`` variant (its ablations belong in the ablation
     table). Each is followed by the published numbers of the *same setting* (method, backbone, input size and
@@ -480,7 +570,8 @@ def comparison_table(
         for task in tasks:
             for _, label in METRICS:
                 if task in mine.index:
-                    cells.append(format_mean_std(mine.loc[task, label], mine.loc[task, f"{label}_std"]))
+                    half = (mine.loc[task, f"{label}_hi"] - mine.loc[task, f"{label}_lo"]) / 2  # NaN for 1 seed
+                    cells.append(format_mean_std(mine.loc[task, label], half))
                     data.append(
                         {
                             "kind": "reproduced",
@@ -491,6 +582,8 @@ def comparison_table(
                             "metric": label,
                             "value": mine.loc[task, label],
                             "std": mine.loc[task, f"{label}_std"],
+                            "ci_lo": mine.loc[task, f"{label}_lo"],
+                            "ci_hi": mine.loc[task, f"{label}_hi"],
                             "n_seeds": int(mine.loc[task, "n_seeds"]),
                             "protocol": protocol,
                             **settings[task],
@@ -541,6 +634,8 @@ def comparison_table(
                             "metric": label,
                             "value": value,
                             "std": math.nan,
+                            "ci_lo": math.nan,
+                            "ci_hi": math.nan,
                             "n_seeds": 0,
                             "protocol": "official",
                             "input": by_task.loc[task, "input"],
@@ -561,7 +656,8 @@ def comparison_table(
         display.append([method, backbone, *cells, text, source])
     caption = (
         f"Main comparison on AVSBench: M_J (Jaccard) and M_F (F-score, β² = 0.3) ×100, {protocol} protocol. "
-        "Reproduced rows: mean ± sample std over seeds. Published rows: the numbers reported by the cited source."
+        "Reproduced rows: mean ± half-width of its 95 % confidence interval over seeds (Student t; one seed: the "
+        "mean alone, no interval). Published rows: the numbers reported by the cited source."
     )
     if cost_task:
         footnotes.append(_cost_note(runs, cost_task))
@@ -613,12 +709,37 @@ def _symbol(value: Any) -> str:
     return (CHECK if value else CROSS) if isinstance(value, bool) else str(value)
 
 
-def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference: str = "full") -> Table:
-    """Ablation table in the paper's style: one ✓/✗ column per component, M_J / M_F per task, Δ vs ``reference``.
+def variant_group(components: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
+    """Which block of the ablation study a variant belongs to, from how its components differ from the reference's:
+    ``controls`` (audio off), ``scan K`` (only the number of TMB directions), ``V2A`` (only the decoder's
+    vision-to-audio levels) or ``components`` (any other module switched off)."""
+    diff = {c for c in components if components[c] != reference.get(c)}
+    if "audio" in diff:
+        return "controls"
+    if diff == {"K"}:
+        return "scan K"
+    if diff and diff <= {"V2A frame", "V2A temporal"}:
+        return "V2A"
+    return "components"
 
-    Only AVS-Mamba runs are used. Component columns come from each run's resolved config; the optional columns
-    (``OPTIONAL_COMPONENTS``) appear only when they differ between rows. Δ is the difference of seed means.
-    """
+
+GROUPS = ("components", "V2A", "scan K", "controls")
+
+
+def ablation_components(runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Variant name -> component values (``COMPONENTS`` and ``OPTIONAL_COMPONENTS``) read from its resolved config."""
+    specs = {**COMPONENTS, **OPTIONAL_COMPONENTS}
+    comps: dict[str, dict[str, Any]] = {}
+    for name, group in runs.groupby("name", sort=False):
+        seen = [_components(c, p, specs) for c, p in zip(group["config"], group["path"], strict=True)]
+        if any(s != seen[0] for s in seen[1:]):
+            raise ValueError(f"ablation table: runs of {name!r} have different components: {sorted(group['path'])}")
+        comps[name] = seen[0]
+    return comps
+
+
+def ablation_order(runs: pd.DataFrame, reference: str) -> tuple[str, list[tuple[str, str]]]:
+    """(reference run name, [(variant, group)] with the reference first, then by group and name)."""
     runs = runs[runs["model"] == "avs_mamba"]
     if runs.empty:
         raise ValueError("ablation table: no AVS-Mamba runs among the inputs")
@@ -627,52 +748,80 @@ def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference:
             f"ablation table: no run of the reference variant {reference!r} (found {sorted(set(runs['variant']))}); "
             "Δ columns are relative to it"
         )
-    specs = {**COMPONENTS, **OPTIONAL_COMPONENTS}
-    comps: dict[str, dict[str, Any]] = {}
-    for name, group in runs.groupby("name", sort=False):
-        seen = [_components(c, p, specs) for c, p in zip(group["config"], group["path"], strict=True)]
-        if any(s != seen[0] for s in seen[1:]):
-            raise ValueError(f"ablation table: runs of {name!r} have different components: {sorted(group['path'])}")
-        comps[name] = seen[0]
-    shown = list(COMPONENTS) + [c for c in OPTIONAL_COMPONENTS if len({str(comp[c]) for comp in comps.values()}) > 1]
-    stats = _seed_stats(runs, protocol).set_index(["name", "task"])
-    tasks = _ordered_tasks(runs["task"])
+    comps = ablation_components(runs)
     ref_name = runs.loc[runs["variant"] == reference, "name"].iloc[0]
-    names = [ref_name] + sorted(n for n in comps if n != ref_name)
-    columns = ["variant", *shown]
+    groups = {n: variant_group(c, comps[ref_name]) for n, c in comps.items() if n != ref_name}
+    rest = sorted(groups, key=lambda n: (GROUPS.index(groups[n]), n))
+    return ref_name, [(ref_name, "reference")] + [(n, groups[n]) for n in rest]
+
+
+def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference: str = "full") -> Table:
+    """Ablation table in the paper's style: ✓/✗ component columns, M_J / M_F per task, paired Δ vs ``reference``.
+
+    Only AVS-Mamba runs are used. Component columns come from each run's resolved config; the optional columns
+    (``OPTIONAL_COMPONENTS``) appear only when they differ between rows. Each value is the seed mean ± the half-width
+    of its 95 % Student-t interval; each Δ the mean of the per-seed differences to the reference (paired by seed)
+    ± its paired-t half-width, marked ``*`` when that interval excludes 0. On the synthetic data each task also gets
+    M_J and ΔM_J on its probe subsets that are proper parts of the test split (e.g. temporal-hard clips), where the
+    temporal components should matter. The caption gives the seed count and the minimum detectable effect.
+    """
+    runs = runs[runs["model"] == "avs_mamba"]
+    ref_name, order = ablation_order(runs, reference)
+    comps = ablation_components(runs)
+    shown = list(COMPONENTS) + [c for c in OPTIONAL_COMPONENTS if len({str(comp[c]) for comp in comps.values()}) > 1]
+    tasks = _ordered_tasks(runs["task"])
+    # (task, metric key, metric label, subset): the whole split's M_J and M_F, then M_J of each probe subset
+    cells: list[tuple[str, str, str, str | None]] = []
     for task in tasks:
-        columns += [f"{TASK_LABELS[task]} {m}" for _, m in METRICS] + [f"{TASK_LABELS[task]} Δ{m}" for _, m in METRICS]
+        cells += [(task, key, label, None) for key, label in METRICS]
+        cells += [(task, "miou", "M_J", sub) for sub in _proper_subsets(runs, task)]
+    columns = ["variant", *shown]
+    for task, _, label, subset in cells:
+        suffix = f" {SUBSET_LABELS[subset]}" if subset else ""
+        columns += [f"{TASK_LABELS[task]} {label}{suffix}", f"{TASK_LABELS[task]} Δ{label}{suffix}"]
     cost_task, costs = _run_costs(runs)
     columns += _cost_columns(cost_task)
     columns.append("setting")  # input size, evaluation batch and selection split of the row's runs
-    display, data = [], []
-    for name in names:
+    display, data, rules = [], [], []
+    diff_sd: dict[tuple[str, str, str | None], list[tuple[float, int]]] = {}
+    previous_group = None
+    for name, group in order:
+        if previous_group is not None and group != previous_group:
+            rules.append(len(display))
+        previous_group = group
         row: list[str] = [name, *(_symbol(comps[name][c]) for c in shown)]
-        for task in tasks:
-            have = (name, task) in stats.index
-            ref = stats.loc[(ref_name, task)] if (ref_name, task) in stats.index else None
-            deltas = []
-            for _, label in METRICS:
-                mean = stats.loc[(name, task), label] if have else math.nan
-                std = stats.loc[(name, task), f"{label}_std"] if have else math.nan
-                delta = mean - ref[label] if ref is not None else math.nan
-                row.append(format_mean_std(mean, std))
-                deltas.append(MISSING if name == ref_name else format_delta(delta))
-                if have:
-                    data.append(
-                        {
-                            "variant": name,
-                            **{c: comps[name][c] for c in shown},
-                            "task": task,
-                            "metric": label,
-                            "mean": mean,
-                            "std": std,
-                            "n_seeds": int(stats.loc[(name, task), "n_seeds"]),
-                            "delta": 0.0 if name == ref_name else delta,
-                            "protocol": protocol,
-                        }
-                    )
-            row += deltas
+        for task, key, label, subset in cells:
+            if (
+                not ((runs["name"] == name) & (runs["task"] == task)).any()
+                or not ((runs["name"] == ref_name) & (runs["task"] == task)).any()
+            ):
+                row += [MISSING, MISSING]
+                continue
+            interval, delta = seed_intervals(runs, name, ref_name, task, protocol, key, subset)
+            row += [format_ci(interval), format_delta_ci(delta)]
+            if delta is not None and delta.n > 1:
+                diff_sd.setdefault((task, label, subset), []).append((delta.std, delta.n))
+            data.append(
+                {
+                    "variant": name,
+                    "group": group,
+                    **{c: comps[name][c] for c in shown},
+                    "task": task,
+                    "subset": subset or "all",
+                    "metric": label,
+                    "mean": interval.mean,
+                    "ci_lo": interval.lo,
+                    "ci_hi": interval.hi,
+                    "std": interval.std,
+                    "n_seeds": interval.n,
+                    "delta": 0.0 if delta is None else delta.mean,
+                    "delta_lo": math.nan if delta is None else delta.lo,
+                    "delta_hi": math.nan if delta is None else delta.hi,
+                    "delta_excludes_zero": False if delta is None else delta.excludes_zero,
+                    "mde": math.nan if delta is None else minimum_detectable_effect(delta.std, delta.n),
+                    "protocol": protocol,
+                }
+            )
         row += _cost_cells(costs, name, cost_task) if cost_task else []
         for task in tasks:  # the CSV keeps every task's costs, Δ against the reference's
             ref_costs = {m: v for m, v, _, _ in _cost_rows(costs, ref_name, task)}
@@ -680,8 +829,10 @@ def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference:
                 data.append(
                     {
                         "variant": name,
+                        "group": group,
                         **{c: comps[name][c] for c in shown},
                         "task": task,
+                        "subset": "all",
                         "metric": metric,
                         "mean": mean,
                         "std": std,
@@ -697,17 +848,47 @@ def ablation_table(runs: pd.DataFrame, *, protocol: str = "official", reference:
             )
         )
         display.append(row)
+    seeds = sorted(set(runs.groupby(["name", "task"])["seed"].nunique()))
+    n_text = str(seeds[0]) if seeds[0] == seeds[-1] else f"{seeds[0]}–{seeds[-1]}"
+    if seeds[-1] < 2:
+        stats_text = "no interval: 1 seed; Δ = variant − reference of that seed"
+    else:
+        mdes = []
+        for (task, label, subset), pairs in diff_sd.items():
+            # pooled spread of the per-seed differences over the variants, at the table's seed count
+            n = min(k for _, k in pairs)
+            pooled = math.sqrt(sum(sd**2 for sd, _ in pairs) / len(pairs))
+            where = f"{TASK_LABELS[task]} {label}" + (f" {SUBSET_LABELS[subset]}" if subset else "")
+            mdes.append(f"{where} {minimum_detectable_effect(pooled, n):.1f}")
+        stats_text = (
+            "value ± half-width of the 95 % Student-t confidence interval over seeds; Δ = mean of the per-seed "
+            f"differences variant − {ref_name} (runs paired by seed: same data order and augmentation draws) ± "
+            f"half-width of its 95 % paired-t interval (two-sided paired t-test); {SIGNIFICANT} = interval excludes 0. "
+            "Minimum detectable effect (paired t, α = 0.05, power 0.8, pooled spread of the differences): "
+            + ", ".join(mdes)
+        )
     caption = (
-        f"AVS-Mamba ablations ({_profile_note(runs)}): M_J / M_F ×100, {protocol} protocol, mean ± sample std over "
-        f"seeds; Δ = variant mean − {ref_name} mean. Components are read from each run's resolved config."
+        f"AVS-Mamba ablations ({_profile_note(runs)}, n = {n_text} seeds): M_J / M_F ×100, {protocol} protocol; "
+        f"{stats_text}. Components are read from each run's resolved config."
     )
     footnotes = [
         "MTE-TMB: Temporal Mamba Block of the encoder; V2A frame / temporal: frame- and temporal-level vision-to-audio "
         "blocks of the decoder; CIP: Contextual Integration Pyramid (✗ = plain FPN)."
     ]
+    subsets = sorted({sub for *_, sub in cells if sub})
+    if subsets:
+        from avs_mamba.evaluation import PROBE_SUBSETS
+
+        footnotes.append(
+            "Probe subsets of the synthetic test split (synth_clips.csv): "
+            + "; ".join(f"{SUBSET_LABELS[sub]}: {PROBE_SUBSETS[sub]}" for sub in subsets)
+            + ". Their M_J is computed as if the subset were evaluated alone."
+        )
+    blocks = ", ".join(dict.fromkeys(g for _, g in order[1:]))
+    footnotes.append(f"Row blocks: reference, then {blocks} (grouped by which components differ from the reference).")
     if cost_task:
         footnotes.append(_cost_note(runs, cost_task))
-    return Table("ablation", caption, pd.DataFrame(display, columns=columns), pd.DataFrame(data), footnotes)
+    return Table("ablation", caption, pd.DataFrame(display, columns=columns), pd.DataFrame(data), footnotes, rules)
 
 
 def efficiency_table(costs: pd.DataFrame) -> Table:

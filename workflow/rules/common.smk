@@ -223,7 +223,7 @@ def _table(name):
 
 
 def ablation_outputs():
-    figures = [f"{FIGURES}/ablation_bars.png"] + [f"{FIGURES}/qualitative_{d}.png" for d in DATASETS]
+    figures = [f"{FIGURES}/ablation_forest.png"] + [f"{FIGURES}/qualitative_{d}.png" for d in DATASETS]
     return _table("ablation") + figures if ABLATIONS else []
 
 

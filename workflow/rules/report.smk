@@ -1,7 +1,7 @@
 # Tables (Markdown, LaTeX booktabs, CSV) and figures, built by `avs-bench tables` from the files the runs wrote.
 
 
-# Ablation table (✓/✗ components, Δ vs the reference) with its bar chart and qualitative mask grids.
+# Ablation table (✓/✗ components, paired Δ vs the reference with 95 % CIs) with its forest plot and mask grids.
 rule ablation_report:
     input:
         runs=run_metrics(ABLATIONS),
