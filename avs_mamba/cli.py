@@ -26,6 +26,8 @@ PROTOCOLS = ("official", "clean")
 MEASUREMENTS = ("params", "flops", "memory", "latency")  # avs_mamba.profiling.MEASUREMENTS
 COST_MEASURES = ("params", "flops", "latency")  # avs_mamba.engine.COST_MEASURES
 SYNTH_KINDS = ("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2")
+AUDIO_CONDITIONS = ("original", "silence", "noise", "swapped")  # avs_mamba.robustness.CONDITIONS
+TABLES = ("comparison", "ablation", "efficiency", "scaling", "robustness")  # avs_mamba.report.ARTIFACTS
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -173,11 +175,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         data_root=args.data_root,
         out_file=args.out,
+        audio_conditions=args.audio_condition,
+        noise_dbfs=args.noise_dbfs,
+        condition_seed=args.condition_seed,
+        mask_dir=args.save_masks,
+        tracking_uri=None if args.no_tracking or not args.audio_condition else _tracking_uri(args),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         for protocol, metrics in record["metrics"].items():
             print(f"{args.split} {protocol}: M_J {metrics['miou']:.4f}  M_F {metrics['fscore']:.4f}")
+        for protocol, summary in (record.get("robustness") or {}).get("summary", {}).items():
+            fprs = "  ".join(f"FPR[{c}] {v['fpr']:.4f}" for c, v in summary["by_condition"].items())
+            g_scores = f"G-mIoU {summary['g_miou']:.4f}  G-F {summary['g_fscore']:.4f}"
+            print(f"{args.split} {protocol} robustness: {fprs}  {g_scores}")
         print(f"written to {args.out or Path(args.run) / f'eval_{args.split}.json'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from avs_mamba.predict import predict_video
+
+    record = predict_video(
+        args.run, args.video, args.out, audio=args.audio, checkpoint=args.checkpoint, device=args.device
+    )
+    padded = sum(w["padded_frames"] for w in record["windows"])
+    print(
+        f"{record['seconds']} masks ({len(record['windows'])} windows of {record['window_frames']} s, last padded by "
+        f"{padded}) and overlay.mp4 written to {args.out}"
+    )
     return 0
 
 
@@ -355,8 +380,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=_positive_int, help="videos per official M_F batch (default: the run's)")
     p.add_argument("--data-root", help="dataset location, if it moved since training")
     p.add_argument("--out", type=Path, help="output JSON (default: RUN/eval_{split}.json)")
+    p.add_argument(
+        "--audio-condition",
+        choices=AUDIO_CONDITIONS,
+        action="append",
+        help="audio-reliance protocol (repeatable): original, silence (zero waveform), noise, swapped (another clip's "
+        "audio of a class not in view); adds FPR, G-mIoU and G-F to RUN/metrics.json and the run's MLflow record",
+    )
+    p.add_argument(
+        "--noise-dbfs", type=float, help="RMS level of the noise condition in dBFS (default -4.77: uniform on [-1, 1])"
+    )
+    p.add_argument(
+        "--condition-seed", type=_non_negative_int, default=0, help="seed of noise and swap pairing (default 0)"
+    )
+    p.add_argument("--save-masks", type=Path, metavar="DIR", help="write every clip's predicted masks (PNG) under DIR")
+    _add_tracking_uri(p)
+    p.add_argument("--no-tracking", action="store_true", help="do not log the robustness scores to MLflow")
     _add_device(p, "auto")
     p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment the sounding objects of a video file with a trained run")
+    p.add_argument("--run", required=True, type=Path, help="run directory written by `avs-bench train`")
+    p.add_argument("--video", required=True, type=Path, help="video file (any container FFmpeg reads, e.g. .mp4)")
+    p.add_argument("--audio", type=Path, help="WAV file to use instead of the video's audio track")
+    p.add_argument("--out", required=True, type=Path, help="output folder (masks/, overlay.mp4, predict.json)")
+    p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path (default: best)")
+    _add_device(p, "cpu")
+    p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser("profile", help="params, FLOPs, memory and latency of a config's model")
     p.add_argument("--config", required=True, type=Path)
@@ -391,9 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--figures", type=Path, default=Path("results/figures"), help="figures folder (default: %(default)s)"
     )
     p.add_argument("--no-figures", action="store_true", help="write tables only")
-    p.add_argument(
-        "--only", nargs="+", choices=("comparison", "ablation", "efficiency", "scaling"), help="default: all possible"
-    )
+    p.add_argument("--only", nargs="+", choices=TABLES, help="default: all possible")
     p.add_argument("--protocol", choices=PROTOCOLS, default="official", help="default: %(default)s")
     p.add_argument("--reference", default="full", help="variant the ablation Δ is relative to (default: %(default)s)")
     p.add_argument("--published", type=Path, help="published-numbers CSV (default: the packaged one)")
