@@ -340,19 +340,25 @@ def _robustness_record(
     if "noise" in results:
         block["noise"] = {"distribution": "uniform white", "level_dbfs_rms": noise_dbfs, "seed": seed}
     if pairs is not None:
+        constraints = [p["constraint"] for p in pairs]
         block["swap"] = {
             "pairs_file": pairs_file,
             "seed": seed,
-            "class_constrained": all(p["class_constrained"] for p in pairs),
+            "constraints": {c: constraints.count(c) for c in sorted(set(constraints))},
         }
     return block
 
 
 def _add_to_metrics_file(run_dir: Path, split: str, block: Mapping[str, Any]) -> Path | None:
-    """Put ``block`` under ``robustness.{split}`` of the run's ``metrics.json`` (other keys kept); None if absent."""
+    """Put ``block`` under ``robustness.{split}`` of the run's ``metrics.json`` (other keys kept); None if absent.
+
+    The file keeps its modification time: the block adds to the training record without changing any of it, so
+    what was built from the training results (workflow tables) stays up to date.
+    """
     path = run_dir / "metrics.json"
     if not path.is_file():
         return None
+    stamp = path.stat()
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -362,6 +368,7 @@ def _add_to_metrics_file(run_dir: Path, split: str, block: Mapping[str, Any]) ->
     robustness = record.get("robustness") if isinstance(record.get("robustness"), dict) else {}
     record["robustness"] = {**robustness, split: dict(block)}
     atomic_write_json(path, record)
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     return path
 
 
@@ -511,7 +518,6 @@ def evaluate_run(
                             f"{tracking_uri}; robustness metrics not logged there",
                             file=sys.stderr,
                         )
-            # written last, so that a workflow's output is never older than the metrics.json it depends on
             atomic_write_json(Path(out_file) if out_file else run_dir / f"eval_{split}.json", record)
         barrier(ctx)
         return record

@@ -20,8 +20,9 @@ Conditions (each changes only the clip's audio; frames and masks are the split's
   ``random.choice`` among clips of other categories in ``process_s4_split``), read by the dataset itself (cached
   log-mel or WAV, whichever the run uses). The partner's sounding classes must differ from every class *visible* in
   the clip: the clip's category (S4 metadata), and on synthetic data also its silent distractors
-  (``synth_clips.csv``), so that the correct answer really is empty. Where the layout names no class (MS3, AVSS),
-  any other clip is taken and the record says so. The pairing is seeded and written next to the results.
+  (``synth_clips.csv``), so that the correct answer really is empty. A split too small for that falls back to a
+  partner of another sounding class, and where the layout names no class (MS3, AVSS) any other clip is taken; the
+  constraint used is recorded per pair. The pairing is seeded and written next to the results.
 
 Silence and noise are built from a waveform even when the run reads cached ``.pkl`` log-mels: the features of a zero
 or noise waveform do not depend on the clip, only on its length, so nothing of the clip's own audio is needed; the
@@ -146,11 +147,16 @@ def _clip_classes(base: Any, index: int, synth: Mapping[str, tuple[set[str], set
 def swap_pairing(dataset: Dataset, seed: int) -> list[dict[str, Any]]:
     """For each position of ``dataset``: the position whose audio it gets under ``swapped`` (module docstring).
 
+    The partner is drawn (seeded, in split order) among the clips that satisfy the strictest constraint any clip
+    satisfies: ``not_visible`` (none of the partner's sounding classes is visible in the clip), else
+    ``different_class`` (the partner sounds none of the clip's own sounding classes; small splits), else ``other_clip``
+    where the layout names no class. The constraint used is recorded per pair.
+
     Returns one record per clip: ``clip``, ``partner`` (clip ids), ``index``, ``partner_index`` (positions),
-    ``clip_classes``, ``partner_classes`` (sorted lists; None when unknown) and ``class_constrained``.
+    ``clip_classes``, ``partner_classes`` (sorted lists; None when unknown) and ``constraint``.
 
     Raises:
-        ValueError: fewer than two clips, or a clip for which every other clip sounds a class visible in it.
+        ValueError: fewer than two clips, or a clip whose every other clip sounds one of its own classes.
     """
     base, positions = _unwrap(dataset)
     if len(positions) < 2:
@@ -158,19 +164,23 @@ def swap_pairing(dataset: Dataset, seed: int) -> list[dict[str, Any]]:
     synth = _synthetic_classes(base)
     classes = [_clip_classes(base, i, synth) for i in positions]
     ids = [base.clip_spec(i).clip_id for i in positions]
-    constrained = all(c is not None for c in classes)
+    known = all(c is not None for c in classes)
     rng = np.random.default_rng(seed)
     pairs = []
     for k, own in enumerate(classes):
-        if constrained:
-            visible = own[1]  # type: ignore[index]
-            candidates = [j for j, other in enumerate(classes) if j != k and not (other[0] & visible)]  # type: ignore[index]
+        others = [j for j in range(len(classes)) if j != k]
+        if known:
+            levels = [
+                ("not_visible", [j for j in others if not (classes[j][0] & own[1])]),  # type: ignore[index]
+                ("different_class", [j for j in others if not (classes[j][0] & own[0])]),  # type: ignore[index]
+            ]
         else:
-            candidates = [j for j in range(len(classes)) if j != k]
+            levels = [("other_clip", others)]
+        constraint, candidates = next(((name, c) for name, c in levels if c), (None, []))
         if not candidates:
             raise ValueError(
-                f"swapped audio: no clip of the split sounds a class not visible in {ids[k]} "
-                f"(visible: {sorted(own[1]) if own else 'unknown'}); the split needs more classes"
+                f"swapped audio: every other clip of the split sounds a class of {ids[k]} "
+                f"({sorted(own[0]) if own else 'unknown'}); the split needs clips of more classes"
             )
         j = int(candidates[int(rng.integers(len(candidates)))])
         pairs.append(
@@ -181,7 +191,7 @@ def swap_pairing(dataset: Dataset, seed: int) -> list[dict[str, Any]]:
                 "partner": ids[j],
                 "clip_classes": sorted(own[0]) if own else None,
                 "partner_classes": sorted(classes[j][0]) if classes[j] else None,  # type: ignore[index]
-                "class_constrained": constrained,
+                "constraint": constraint,
             }
         )
     return pairs

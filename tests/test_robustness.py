@@ -153,7 +153,7 @@ def test_swap_partners_sound_a_class_not_visible_in_the_clip(data_root: Path, tm
     for pair in pairs:
         clip, partner = rows[pair["clip"]], rows[pair["partner"]]
         visible = set(clip["sources"].split("_")) | set(filter(None, clip["silent"].split("_")))
-        assert pair["partner"] != pair["clip"] and pair["class_constrained"]
+        assert pair["partner"] != pair["clip"] and pair["constraint"] == "not_visible"
         assert not set(partner["sources"].split("_")) & visible
     swapped = ConditionedAudio(split, "swapped", pairs=pairs)
     assert torch.equal(swapped[0]["audio"], split[pairs[0]["partner_index"]]["audio"])
