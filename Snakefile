@@ -7,6 +7,7 @@
 #   snakemake --cores 2                    all: both, plus the comparison and efficiency tables
 #   snakemake --cores 2 tables             rebuild every table and figure from the runs on disk (never trains)
 #   snakemake --cores 2 scaling            cost vs clip length and resolution, log-log slopes
+#   snakemake --cores 2 robustness         audio reliance: silence / noise / swapped audio on every run, the table
 #   snakemake --cores 2 data               synthesize (smoke) or check (paper) the datasets
 
 from snakemake.utils import min_version
@@ -22,6 +23,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/robustness.smk"
 
 
 # Cheap jobs run where snakemake runs, also under a cluster executor.
@@ -38,6 +40,7 @@ localrules:
     comparison_report,
     efficiency_report,
     scaling_report,
+    robustness_report,
 
 
 rule all_ablations:
@@ -61,6 +64,11 @@ rule data:
         data_outputs(),
 
 
+rule robustness:
+    input:
+        robustness_outputs(),
+
+
 rule all:
     default_target: True
     input:
@@ -68,3 +76,4 @@ rule all:
         rules.all_baselines.input,
         comparison_outputs(),
         efficiency_outputs(),
+        robustness_outputs(),

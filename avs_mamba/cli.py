@@ -27,6 +27,8 @@ PROTOCOLS = ("official", "clean")
 MEASUREMENTS = ("params", "flops", "memory", "latency")  # avs_mamba.profiling.MEASUREMENTS
 COST_MEASURES = ("params", "flops", "memory", "latency")  # avs_mamba.engine.COST_MEASURES
 SYNTH_KINDS = ("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2")
+AUDIO_CONDITIONS = ("original", "silence", "noise", "swapped")  # avs_mamba.robustness.CONDITIONS
+TABLES = ("comparison", "ablation", "efficiency", "scaling", "robustness")  # avs_mamba.report.ARTIFACTS
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,10 +178,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         out_file=args.out,
         allow_unfinished=args.allow_unfinished,
+        audio_conditions=args.audio_condition,
+        noise_dbfs=args.noise_dbfs,
+        condition_seed=args.condition_seed,
+        mask_dir=args.save_masks,
+        tracking_uri=None if args.no_tracking or not args.audio_condition else _tracking_uri(args),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         for protocol, metrics in record["metrics"].items():
             print(f"{args.split} {protocol}: M_J {metrics['miou']:.4f}  M_F {metrics['fscore']:.4f}")
+        for protocol, summary in (record.get("robustness") or {}).get("summary", {}).items():
+            fprs = "  ".join(f"FPR[{c}] {v['fpr']:.4f}" for c, v in summary["by_condition"].items())
+            g_scores = f"G-mIoU {summary['g_miou']:.4f}  G-F {summary['g_fscore']:.4f}"
+            print(f"{args.split} {protocol} robustness: {fprs}  {g_scores}")
         print(f"written to {args.out or Path(args.run) / f'eval_{args.split}.json'}")
     return 0
 
@@ -192,6 +203,20 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides, args.size)
     card = recipe_card(config)
     print(json.dumps(card, indent=2) if args.json else format_card(config, card))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from avs_mamba.predict import predict_video
+
+    record = predict_video(
+        args.run, args.video, args.out, audio=args.audio, checkpoint=args.checkpoint, device=args.device
+    )
+    padded = sum(w["padded_frames"] for w in record["windows"])
+    print(
+        f"{record['seconds']} masks ({len(record['windows'])} windows of {record['window_frames']} s, last padded by "
+        f"{padded}) and overlay.mp4 written to {args.out}"
+    )
     return 0
 
 
@@ -375,8 +400,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-unfinished", action="store_true", help="score a run that has not finished training (no metrics.json)"
     )
+    p.add_argument(
+        "--audio-condition",
+        choices=AUDIO_CONDITIONS,
+        action="append",
+        help="audio-reliance protocol (repeatable): original, silence (zero waveform), noise, swapped (another clip's "
+        "audio of a class not in view); adds FPR, G-mIoU and G-F to RUN/metrics.json and the run's MLflow record",
+    )
+    p.add_argument(
+        "--noise-dbfs", type=float, help="RMS level of the noise condition in dBFS (default -4.77: uniform on [-1, 1])"
+    )
+    p.add_argument(
+        "--condition-seed", type=_non_negative_int, default=0, help="seed of noise and swap pairing (default 0)"
+    )
+    p.add_argument("--save-masks", type=Path, metavar="DIR", help="write every clip's predicted masks (PNG) under DIR")
+    _add_tracking_uri(p)
+    p.add_argument("--no-tracking", action="store_true", help="do not log the robustness scores to MLflow")
     _add_device(p, "auto")
     p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment the sounding objects of a video file with a trained run")
+    p.add_argument("--run", required=True, type=Path, help="run directory written by `avs-bench train`")
+    p.add_argument("--video", required=True, type=Path, help="video file (any container FFmpeg reads, e.g. .mp4)")
+    p.add_argument("--audio", type=Path, help="WAV file to use instead of the video's audio track")
+    p.add_argument("--out", required=True, type=Path, help="output folder (masks/, overlay.mp4, predict.json)")
+    p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path (default: best)")
+    _add_device(p, "cpu")
+    p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser("recipe", help="the resolved training/evaluation recipe with its official sources or deviations")
     p.add_argument("--config", required=True, type=Path, help="experiment YAML (e.g. ablations/full.yaml)")
@@ -419,9 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--figures", type=Path, default=Path("results/figures"), help="figures folder (default: %(default)s)"
     )
     p.add_argument("--no-figures", action="store_true", help="write tables only")
-    p.add_argument(
-        "--only", nargs="+", choices=("comparison", "ablation", "efficiency", "scaling"), help="default: all possible"
-    )
+    p.add_argument("--only", nargs="+", choices=TABLES, help="default: all possible")
     p.add_argument("--protocol", choices=PROTOCOLS, default="official", help="default: %(default)s")
     p.add_argument("--reference", default="full", help="variant the ablation Δ is relative to (default: %(default)s)")
     p.add_argument("--published", type=Path, help="published-numbers CSV (default: the packaged one)")

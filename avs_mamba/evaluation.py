@@ -11,14 +11,18 @@
   subset beside the whole split from the same per-frame metric state (no second forward pass). Under the official
   protocol a subset is batched as if it were evaluated alone (its clips in split order, ``eval_batch_size`` per batch).
   Real AVSBench has no such file and no subsets.
-* :func:`evaluate_run`: re-evaluates a run directory's checkpoint and writes ``eval_{split}.json``.
+* :func:`evaluate_run`: re-evaluates a run directory's checkpoint and writes ``eval_{split}.json``; with
+  ``audio_conditions`` it also runs the audio-reliance protocol (:mod:`avs_mamba.robustness`: each condition is the
+  same evaluation with the clips' audio replaced) and adds its ``robustness`` block to the run's ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +38,8 @@ from avs_mamba.checkpointing import atomic_write_json, load_checkpoint, load_mod
 from avs_mamba.config import ExperimentConfig
 from avs_mamba.data.avsbench import NUM_CLASSES, AVSSDataset, DatasetError, MS3Dataset, S4Dataset, build_dataset
 from avs_mamba.distributed import DistContext, all_gather_object, barrier, init_distributed, shutdown
-from avs_mamba.metrics import BinarySegmentationMetrics, SemanticSegmentationMetrics
+from avs_mamba.masks import hard_masks, mask_file_name, save_mask
+from avs_mamba.metrics import BinarySegmentationMetrics, FalsePositiveRate, SemanticSegmentationMetrics
 from avs_mamba.modules.output import AVSOutput
 
 __all__ = [
@@ -59,6 +64,8 @@ __all__ = [
     "subset_of_row",
     "probe_subsets",
     "metric_scalars",
+    "load_run",
+    "clip_folder_name",
     "evaluate_run",
 ]
 
@@ -349,11 +356,19 @@ def evaluate_model(
     ctx: DistContext | None = None,
     num_frames: int | None = None,
     amp: bool = False,
+    fpr: bool = False,
+    mask_dir: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics of ``model`` over ``loader`` under each protocol, merged over all ranks (every rank gets them).
 
     Items must carry ``index`` (see :func:`build_split`): it keys each clip in the metric states, so the merged DDP
     result equals the single-process one and the DistributedSampler's padding duplicates are dropped.
+
+    Args:
+        fpr: also score the false-positive rate against the empty mask (:class:`~avs_mamba.metrics.FalsePositiveRate`,
+            over the real frames), returned under the key ``"fpr"``: for inputs whose correct answer is empty.
+        mask_dir: write each clip's hard masks (:mod:`avs_mamba.masks`, at the ground-truth size) to
+            ``mask_dir/{clip}/{0001..}.png``, real frames only.
     """
     return evaluate_model_subsets(
         model,
@@ -366,6 +381,8 @@ def evaluate_model(
         ctx=ctx,
         num_frames=num_frames,
         amp=amp,
+        fpr=fpr,
+        mask_dir=mask_dir,
     )[0]
 
 
@@ -382,6 +399,8 @@ def evaluate_model_subsets(
     ctx: DistContext | None = None,
     num_frames: int | None = None,
     amp: bool = False,
+    fpr: bool = False,
+    mask_dir: str | Path | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
     """:func:`evaluate_model` plus the same metrics over each of ``subsets`` (name -> dataset indices, see
     :func:`probe_subsets`), computed from the one pass's per-frame state: (protocol -> metrics, name -> protocol ->
@@ -389,6 +408,7 @@ def evaluate_model_subsets(
     ctx = ctx or DistContext()
     model.eval()
     metrics = {p: _new_metric(task, p, eval_batch_size) for p in protocols}
+    false_positives = FalsePositiveRate(NUM_CLASSES[task]) if fpr else None
     for raw in loader:
         batch = to_device(raw, device, num_frames or raw["frames"].shape[1])
         masks = batch["masks"]
@@ -398,6 +418,10 @@ def evaluate_model_subsets(
                 metric.update(logits, masks, valid=batch["label_flags"], video_index=batch["index"])
             else:
                 metric.update(logits, masks, frame_flags=batch["frame_flags"], video_index=batch["index"])
+        if false_positives is not None:
+            false_positives.update(logits, valid=batch["frame_flags"], video_index=batch["index"])
+        if mask_dir is not None:
+            _save_batch_masks(Path(mask_dir), logits, batch, NUM_CLASSES[task])
     results: dict[str, dict[str, Any]] = {}
     by_subset: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in subsets}
     for protocol, metric in metrics.items():
@@ -410,7 +434,26 @@ def evaluate_model_subsets(
             part = _new_metric(task, protocol, eval_batch_size)
             part.merge(_subset_state(full_state, videos))
             by_subset[name][protocol] = part.compute()
+    if false_positives is not None:
+        merged_fpr = FalsePositiveRate(NUM_CLASSES[task])
+        for state in all_gather_object(ctx, false_positives.state_dict()):
+            merged_fpr.merge(state)
+        results["fpr"] = merged_fpr.compute()
     return results, by_subset
+
+
+def clip_folder_name(clip_id: str) -> str:
+    """A clip id as a file-system-safe folder name (the overlays use the same rule)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(clip_id))
+
+
+def _save_batch_masks(folder: Path, logits: Tensor, batch: Mapping[str, Any], num_classes: int) -> None:
+    hard = hard_masks(logits).cpu()
+    flags = batch["frame_flags"].cpu()
+    for b, clip_id in enumerate(batch["id"]):
+        for t in range(hard.shape[1]):
+            if flags[b, t]:
+                save_mask(folder / clip_folder_name(clip_id) / mask_file_name(t), hard[b, t], num_classes)
 
 
 def metric_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -424,6 +467,93 @@ def _resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     return Path(checkpoint)
 
 
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[ExperimentConfig, Path, dict[str, Any]]:
+    """A run directory's resolved config, checkpoint path and loaded checkpoint (``best``, ``last`` or a path).
+
+    Raises:
+        FileNotFoundError: no ``config.yaml`` in ``run_dir``, or no such checkpoint.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found; is {run_dir} a run directory written by `avs-bench train`?")
+    config = ExperimentConfig.from_yaml(config_path)
+    ckpt_path = _resolve_checkpoint(run_dir, checkpoint)
+    return config, ckpt_path, load_checkpoint(ckpt_path)
+
+
+def _robustness_record(
+    split: str,
+    results: Mapping[str, Mapping[str, Any]],
+    protocols: Sequence[str],
+    *,
+    seed: int,
+    noise_dbfs: float,
+    pairs_file: str | None,
+    pairs: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    from avs_mamba.robustness import robustness_summary
+
+    conditions = {
+        condition: {key: metric_scalars(value) for key, value in metrics.items()}
+        for condition, metrics in results.items()
+    }
+    block: dict[str, Any] = {
+        "split": split,
+        "conditions": conditions,
+        "summary": robustness_summary(conditions, protocols),
+        "seed": seed,
+        "definitions": "FPR: mean foreground fraction per frame under negative audio (AVSBench-Robust "
+        "calculate_FPR); G-FPR: mean FPR over the negative conditions; G-mIoU / G-F: harmonic mean of the original "
+        "audio's M_J / M_F and 1 - G-FPR (avs_mamba.robustness)",
+    }
+    if "noise" in results:
+        block["noise"] = {"distribution": "uniform white", "level_dbfs_rms": noise_dbfs, "seed": seed}
+    if pairs is not None:
+        constraints = [p["constraint"] for p in pairs]
+        block["swap"] = {
+            "pairs_file": pairs_file,
+            "seed": seed,
+            "constraints": {c: constraints.count(c) for c in sorted(set(constraints))},
+        }
+    return block
+
+
+def _add_to_metrics_file(run_dir: Path, split: str, block: Mapping[str, Any]) -> Path | None:
+    """Put ``block`` under ``robustness.{split}`` of the run's ``metrics.json`` (other keys kept); None if absent.
+
+    The file keeps its modification time: the block adds to the training record without changing any of it, so
+    what was built from the training results (workflow tables) stays up to date.
+    """
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    stamp = path.stat()
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); cannot add the robustness results to it") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    robustness = record.get("robustness") if isinstance(record.get("robustness"), dict) else {}
+    record["robustness"] = {**robustness, split: dict(block)}
+    atomic_write_json(path, record)
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    return path
+
+
+def _robustness_metrics(split: str, block: Mapping[str, Any]) -> dict[str, float]:
+    """Flat MLflow metrics of a robustness block: ``robustness/{split}/{condition}/{protocol}/miou`` etc."""
+    flat: dict[str, float] = {}
+    for condition, values in block["conditions"].items():
+        for key, metrics in values.items():
+            names = ("fpr",) if key == "fpr" else ("miou", "fscore")
+            flat.update({f"robustness/{split}/{condition}/{key}/{m}": float(metrics[m]) for m in names if m in metrics})
+    for protocol, summary in block["summary"].items():
+        flat.update({f"robustness/{split}/{protocol}/{k}": float(summary[k]) for k in ("g_fpr", "g_miou", "g_fscore")})
+    return {k: v for k, v in flat.items() if v == v}  # NaN is not logged
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -435,6 +565,11 @@ def evaluate_run(
     data_root: str | None = None,
     out_file: str | Path | None = None,
     allow_unfinished: bool = False,
+    audio_conditions: Sequence[str] | None = None,
+    noise_dbfs: float | None = None,
+    condition_seed: int = 0,
+    mask_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Re-evaluate a trained run's checkpoint on ``split``; writes ``eval_{split}.json`` (or ``out_file``).
 
@@ -447,26 +582,31 @@ def evaluate_run(
         split: ``test`` or ``val``.
         protocols / eval_batch_size / data_root: override the run's ``eval.protocols``, ``eval.batch_size`` and
             ``data.root``.
+        audio_conditions: audio-reliance conditions (:data:`avs_mamba.robustness.CONDITIONS`); ``original`` is always
+            evaluated with them. The record gets a ``robustness`` block, also written into the run's
+            ``metrics.json`` under ``robustness.{split}`` (when the run has one), the swap pairing to
+            ``robustness_{split}_pairs.json``, and the scores to the run's MLflow run when ``tracking_uri`` is given.
+        noise_dbfs / condition_seed: RMS level of the ``noise`` condition and the seed of noise and pairing.
+        mask_dir: write every clip's hard masks there (``{condition}/`` subfolders with ``audio_conditions``).
 
     Raises:
         FileNotFoundError: missing run config, checkpoint or dataset.
         CheckpointMismatchError: the checkpoint does not fit the model of the run's config.
     """
+    from avs_mamba.robustness import DEFAULT_NOISE_DBFS, ConditionedAudio, condition_list, swap_pairing
+
     run_dir = Path(run_dir)
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found; is {run_dir} a run directory written by `avs-bench train`?")
-    config = ExperimentConfig.from_yaml(config_path)
+    conditions = condition_list(audio_conditions) if audio_conditions else None
+    noise_dbfs = DEFAULT_NOISE_DBFS if noise_dbfs is None else float(noise_dbfs)
+    config, ckpt_path, ckpt = load_run(run_dir, checkpoint)
     if protocols is not None:
         config.eval.protocols = list(protocols)  # type: ignore[assignment]  # validated on assignment
     if eval_batch_size is not None:
         config.eval.batch_size = eval_batch_size
     if data_root is not None:
         config.data.root = data_root
-    ckpt_path = _resolve_checkpoint(run_dir, checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
     finished = (run_dir / METRICS_FILE).is_file()
     if not finished:
         epoch = ckpt.get("epoch")
@@ -485,27 +625,41 @@ def evaluate_run(
         model = config.build_model().to(dev)
         load_model_state(model, ckpt["model"], ckpt_path)
         dataset = build_split(config, split)
-        loader = make_loader(
-            dataset,
-            config.eval.batch_size,
-            ctx=ctx,
-            shuffle=False,
-            seed=config.train.seed,
-            num_workers=config.data.num_workers,
-            generator=torch.Generator().manual_seed(config.train.seed),
-        )
-        subsets = probe_subsets(config, dataset)
-        metrics, subset_metrics = evaluate_model_subsets(
-            model,
-            loader,
-            subsets,
-            task=config.data.task,
-            protocols=list(config.eval.protocols),
-            eval_batch_size=config.eval.batch_size,
-            device=dev,
-            ctx=ctx,
-            num_frames=config.data.num_frames,
-        )
+        pairs = swap_pairing(dataset, condition_seed) if conditions and "swapped" in conditions else None
+
+        subsets = probe_subsets(config, dataset)  # synthetic data only; {} on real AVSBench
+
+        def run(condition: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+            data = dataset
+            if condition not in (None, "original"):
+                data = ConditionedAudio(dataset, condition, seed=condition_seed, noise_dbfs=noise_dbfs, pairs=pairs)
+            loader = make_loader(
+                data,
+                config.eval.batch_size,
+                ctx=ctx,
+                shuffle=False,
+                seed=config.train.seed,
+                num_workers=config.data.num_workers,
+                generator=torch.Generator().manual_seed(config.train.seed),
+            )
+            masks = None if mask_dir is None else Path(mask_dir) / (condition or "")
+            return evaluate_model_subsets(
+                model,
+                loader,
+                subsets if condition in (None, "original") else {},
+                task=config.data.task,
+                protocols=list(config.eval.protocols),
+                eval_batch_size=config.eval.batch_size,
+                device=dev,
+                ctx=ctx,
+                num_frames=config.data.num_frames,
+                fpr=condition not in (None, "original"),
+                mask_dir=masks,
+            )
+
+        scored = {c: run(c) for c in conditions} if conditions else {}
+        metrics, subset_metrics = scored["original"] if conditions else run(None)
+        by_condition = {c: whole for c, (whole, _) in scored.items()}
         record = {
             "run": {
                 "dir": str(run_dir),
@@ -525,7 +679,37 @@ def evaluate_run(
             "device": str(dev),
             "world_size": ctx.world_size,
         }
+        if conditions:
+            pairs_file = f"robustness_{split}_pairs.json" if pairs is not None else None
+            block = _robustness_record(
+                split,
+                by_condition,
+                list(config.eval.protocols),
+                seed=condition_seed,
+                noise_dbfs=noise_dbfs,
+                pairs_file=pairs_file,
+                pairs=pairs,
+            )
+            block["checkpoint"] = str(ckpt_path)
+            record["robustness"] = block
         if ctx.is_main:
+            if conditions:
+                if pairs is not None:
+                    atomic_write_json(run_dir / pairs_file, {"seed": condition_seed, "split": split, "pairs": pairs})
+                if _add_to_metrics_file(run_dir, split, block) is None:
+                    print(
+                        f"[avs-bench] {run_dir} has no metrics.json; robustness results only in the eval file",
+                        file=sys.stderr,
+                    )
+                if tracking_uri is not None:
+                    from avs_mamba.tracking import log_to_finished_run
+
+                    if log_to_finished_run(tracking_uri, config, _robustness_metrics(split, block)) is None:
+                        print(
+                            f"[avs-bench] no finished MLflow run of {config.name} seed {config.train.seed} in "
+                            f"{tracking_uri}; robustness metrics not logged there",
+                            file=sys.stderr,
+                        )
             atomic_write_json(Path(out_file) if out_file else run_dir / f"eval_{split}.json", record)
         barrier(ctx)
         return record

@@ -69,6 +69,13 @@ compute_color_metrics.py``) and ``avss/test.py``, identical in AVSegFormer and C
 
 **Clean AVSS protocol.** Same per-frame per-class IoU/F, but padded frames are excluded, ignored pixels are left out
 of both areas, and the class mean runs over the classes counted at least once (absent classes are excluded, not 0).
+
+**False-positive rate under negative audio** (:class:`FalsePositiveRate`) — AVSBench-Robust ``calculate_FPR``
+(jiali-home/AVSBench-Robust@67c0f2e7:training_evaluation/code/AVSegFormer/scripts/s4/test.py): when the audio names
+no visible object (silence, noise, an off-screen sound) the correct mask is empty, so every predicted foreground
+pixel is a false positive; FPR of a frame is the fraction of its pixels predicted foreground (``sigmoid > 0.5``;
+AVSS: argmax not background) and FPR is the mean over frames. The official script averages per-batch means, which
+equals the frame mean when all batches are full; here it is the exact frame mean, independent of batching.
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ __all__ = [
     "NUM_THRESHOLDS",
     "PROTOCOLS",
     "BinarySegmentationMetrics",
+    "FalsePositiveRate",
     "SemanticSegmentationMetrics",
     "official_thresholds",
 ]
@@ -550,4 +558,61 @@ class SemanticSegmentationMetrics:
             "num_padded_frames": int((~real).sum()),
             "iou_per_class": iou_pc.tolist(),
             "fscore_per_class": f_pc.tolist(),
+        }
+
+
+class FalsePositiveRate:
+    """FPR of predictions whose correct answer is the empty mask (module docstring; AVSBench-Robust's metric).
+
+    Args:
+        num_classes: 1 for binary logits (foreground = ``sigmoid > 0.5``), K > 1 for semantic logits (foreground =
+            argmax not class 0).
+    """
+
+    _COLUMNS = ("valid", "positive", "num_pixels")
+
+    def __init__(self, num_classes: int = 1) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self._store = _FrameStore(self._COLUMNS)
+
+    @torch.no_grad()
+    def update(
+        self, logits: Tensor, valid: Tensor | None = None, video_index: Tensor | Sequence[int] | None = None
+    ) -> None:
+        """Add one batch: ``logits`` [B, T, K, H, W] (or [B, T, H, W] when K = 1); ``valid`` [B, T] bool frames."""
+        logits = logits.detach().to(torch.float32)
+        if self.num_classes == 1:
+            logits = _clip_tensor(logits, "logits")
+            foreground = torch.sigmoid(logits) > 0.5
+        else:
+            if logits.ndim != 5 or logits.shape[2] != self.num_classes:
+                raise ValueError(f"logits must be [B, T, {self.num_classes}, H, W], got {tuple(logits.shape)}")
+            foreground = logits.argmax(2) != 0
+        B, T, H, W = foreground.shape
+        stats = {
+            "valid": _frame_flags(valid, B, T, "valid"),
+            "positive": foreground.reshape(B * T, H * W).sum(1),
+            "num_pixels": torch.full((B * T,), H * W, dtype=torch.int64),
+        }
+        self._store.add(self._store.video_ids(video_index, B), T, stats)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self._store.state_dict()
+
+    def merge(self, other: FalsePositiveRate | Mapping[str, Tensor]) -> None:
+        self._store.merge(other.state_dict() if isinstance(other, FalsePositiveRate) else other)
+
+    def compute(self) -> dict[str, float | int]:
+        """``fpr`` (mean over valid frames of the foreground fraction) and the frame and video counts."""
+        rows = self._store.frames()
+        if not rows or not rows["valid"].any():
+            raise RuntimeError("FalsePositiveRate.compute() called before any valid frame was added")
+        valid = rows["valid"]
+        rate = rows["positive"][valid].to(torch.float64) / rows["num_pixels"][valid].to(torch.float64)
+        return {
+            "fpr": rate.mean().item(),
+            "num_frames": int(valid.sum()),
+            "num_videos": len(torch.unique(rows["video"][valid])),
         }

@@ -56,6 +56,7 @@ __all__ = [
     "git_commit",
     "run_tags",
     "ui_command",
+    "log_to_finished_run",
     "RunLogger",
 ]
 
@@ -311,6 +312,38 @@ def ui_command(uri: str | None = None, port: int = 5000, host: str = "127.0.0.1"
     if root is not None:
         argv += ["--default-artifact-root", root.resolve().as_uri()]
     return argv
+
+
+def log_to_finished_run(uri: str, config: ExperimentConfig, metrics: Mapping[str, float]) -> str | None:
+    """Add ``metrics`` to the latest FINISHED run of ``config`` (found by its run key); its id, or None if none.
+
+    For results computed after training (``avs-bench evaluate --audio-condition``): they join the training run's
+    record instead of starting a run of their own. Logged at the run's last step, so they are its latest values.
+    """
+    from mlflow.entities import Metric
+
+    client = _retry("open store", _client, uri)
+    experiment = _retry("get experiment", client.get_experiment_by_name, experiment_name(config.profile))
+    if experiment is None:
+        return None
+    key = run_name(config.data.task, config.name, config.train.seed)
+    runs = _retry(
+        "search runs",
+        client.search_runs,
+        [experiment.experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    step = max((m.step for m in _retry("metric history", client.get_metric_history, run_id, "train/loss")), default=0)
+    now = int(time.time() * 1000)
+    entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(entries), MAX_METRICS_PER_BATCH):
+        _retry("log metrics", client.log_batch, run_id, metrics=entries[i : i + MAX_METRICS_PER_BATCH])
+    return run_id
 
 
 def _param_value(value: Any) -> str:

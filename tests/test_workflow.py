@@ -21,7 +21,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TEST_CONFIG = REPO / ".test" / "config.yaml"
 TABLES = [
-    f"results/tables/{t}.{e}" for t in ("ablation", "comparison", "efficiency", "scaling") for e in ("md", "tex", "csv")
+    f"results/tables/{t}.{e}"
+    for t in ("ablation", "comparison", "efficiency", "scaling", "robustness")
+    for e in ("md", "tex", "csv")
 ]
 FIGURES = ["results/figures/ablation_forest.png", "results/figures/qualitative_s4.png", "results/figures/scaling.png"]
 
@@ -72,13 +74,16 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
         assert (tmp_path / f"results/benchmarks/smoke/train/s4/{run}/seed0.tsv").is_file(), "train jobs are benchmarked"
         assert (tmp_path / f"results/logs/smoke/train/s4/{run}/seed0.log").is_file()
     assert mlflow_run_names(tmp_path) == ["s4/full/seed0", "s4/no_tmb/seed0"]
+    robustness = (tmp_path / "results/tables/robustness.md").read_text()
+    assert "AVS-Mamba (full)" in robustness and "AVS-Mamba (no_tmb)" in robustness and "FPR silence" in robustness
 
     again = snakemake(tmp_path, "-n", "--cores", "2", "all", "scaling")
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout
 
     shutil.rmtree(tmp_path / "results/runs/smoke/s4/no_tmb/seed0")
     plan = snakemake(tmp_path, "-n", "--cores", "2", "all", "scaling")
-    assert job_counts(plan.stdout) == {"train": 1, "ablation_report": 1, "all": 1, "total": 3}, plan.stdout
+    expected = {"train": 1, "ablation_report": 1, "robustness_eval": 1, "robustness_report": 1, "all": 1, "total": 5}
+    assert job_counts(plan.stdout) == expected, plan.stdout
 
     tables = snakemake(tmp_path, "--cores", "1", "tables")
     assert "Finished job" in tables.stdout + tables.stderr

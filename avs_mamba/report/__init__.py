@@ -19,6 +19,7 @@ from avs_mamba.report.tables import (
     load_published,
     load_runs,
     load_scaling,
+    robustness_table,
     scaling_table,
     write_table,
 )
@@ -35,11 +36,18 @@ __all__ = [
     "ablation_table",
     "efficiency_table",
     "scaling_table",
+    "robustness_table",
     "write_table",
 ]
 
 # What build_tables can produce, and the inputs each needs.
-ARTIFACTS = {"comparison": "runs", "ablation": "runs", "efficiency": "costs", "scaling": "scaling"}
+ARTIFACTS = {
+    "comparison": "runs",
+    "ablation": "runs",
+    "efficiency": "costs",
+    "scaling": "scaling",
+    "robustness": "runs",
+}
 
 
 def build_tables(
@@ -92,6 +100,8 @@ def build_tables(
                 wanted.append("ablation")
             if (frame["model"] != "avs_mamba").any() or (mamba["variant"] == reference).any():
                 wanted.append("comparison")
+            if any(protocol in (block or {}).get("test", {}).get("summary", {}) for block in frame["robustness"]):
+                wanted.append("robustness")
         wanted += [name for name in ("efficiency", "scaling") if inputs[ARTIFACTS[name]]]
         if not wanted:
             raise ValueError("nothing to build: give runs, costs or scaling files")
@@ -114,6 +124,8 @@ def build_tables(
                 )
     if "efficiency" in wanted:
         written += write_table(efficiency_table(load_costs(costs)), out_dir)
+    if "robustness" in wanted:
+        written += write_table(robustness_table(frame, protocol=protocol), out_dir)
     if "scaling" in wanted:
         rows = load_scaling(scaling)
         written += write_table(scaling_table(rows), out_dir)

@@ -56,6 +56,7 @@ __all__ = [
     "GROUPS",
     "efficiency_table",
     "scaling_table",
+    "robustness_table",
     "valid_slope",
     "write_table",
 ]
@@ -192,6 +193,7 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
                 "cost": record.get("cost") or {},
                 "overlays": str(path.parent / "overlays"),
                 "wall_time_s": record.get("wall_time_s", math.nan),
+                "robustness": record.get("robustness") or {},
             }
         )
     if not rows:
@@ -955,6 +957,100 @@ def efficiency_table(costs: pd.DataFrame) -> Table:
         footnotes.append("Measurement errors: " + "; ".join(errors))
     caption = "Efficiency: parameters, compute, memory and speed of each model at the input shape it was run with."
     return Table("efficiency", caption, pd.DataFrame(display, columns=columns), pd.DataFrame(data), footnotes)
+
+
+ROBUSTNESS_CONDITIONS = ("silence", "noise", "swapped")  # avs_mamba.robustness.NEGATIVE_CONDITIONS
+
+
+def robustness_table(runs: pd.DataFrame, *, protocol: str = "official", split: str = "test") -> Table:
+    """Audio reliance per model (one row per task and model, mean ± std over seeds, ×100): M_J / M_F with the
+    original audio, FPR under each negative condition, G-FPR, G-mIoU and G-F (definitions in
+    :mod:`avs_mamba.robustness`), and M_J under each negative condition (scored against the original masks).
+
+    Only runs whose ``metrics.json`` has a ``robustness.{split}`` block (``avs-bench evaluate --audio-condition``)
+    enter; the others are named in a footnote.
+
+    Raises:
+        ValueError: no run has a robustness block for ``split`` and ``protocol``.
+    """
+    usable = [
+        row for _, row in runs.iterrows() if protocol in ((row["robustness"] or {}).get(split) or {}).get("summary", {})
+    ]
+    skipped = sorted(
+        f"{row['task']}/{row['name']}/seed{row['seed']}"
+        for _, row in runs.iterrows()
+        if row.path not in {u.path for u in usable}
+    )
+    if not usable:
+        raise ValueError(
+            f"no run has robustness results for split '{split}' and protocol '{protocol}'; run `avs-bench evaluate "
+            "--audio-condition silence --audio-condition noise --audio-condition swapped` on the runs first"
+        )
+    present = [c for c in ROBUSTNESS_CONDITIONS if any(c in u["robustness"][split]["conditions"] for u in usable)]
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for row in usable:
+        groups.setdefault((row["task"], row["name"]), []).append(row)
+    tasks = list(TASK_LABELS)
+    order = sorted(
+        groups, key=lambda k: (tasks.index(k[0]), groups[k][0]["model"] != "avs_mamba", k[1] != "full", k[1])
+    )
+    display, data = [], []
+    for task, name in order:
+        rows = groups[(task, name)]
+        label = model_label(name, rows[0]["model"])
+        values: dict[str, list[float]] = {}
+        for row in rows:
+            block = row["robustness"][split]
+            summary, conditions = block["summary"][protocol], block["conditions"]
+            cells_of_run = {"M_J": summary["miou"], "M_F": summary["fscore"]}
+            for c in present:
+                cells_of_run[f"FPR {c}"] = summary["by_condition"].get(c, {}).get("fpr")
+                cells_of_run[f"M_J {c}"] = (conditions.get(c) or {}).get(protocol, {}).get("miou")
+            cells_of_run |= {"G-FPR": summary["g_fpr"], "G-mIoU": summary["g_miou"], "G-F": summary["g_fscore"]}
+            for key, value in cells_of_run.items():
+                values.setdefault(key, []).append(math.nan if value is None else 100.0 * float(value))
+        columns = [
+            "M_J",
+            "M_F",
+            *[f"FPR {c}" for c in present],
+            "G-FPR",
+            "G-mIoU",
+            "G-F",
+            *[f"M_J {c}" for c in present],
+        ]
+        record: dict[str, Any] = {"model": label, "name": name, "task": task, "n_seeds": len(rows)}
+        cells = [label, TASK_LABELS.get(task, task), str(len(rows))]
+        for column in columns:
+            mean, std, _ = mean_std(values[column])
+            record[f"{column} mean"], record[f"{column} std"] = mean, std
+            cells.append(format_mean_std(mean, std))
+        data.append(record)
+        display.append(cells)
+    header = [
+        "model",
+        "task",
+        "seeds",
+        "M_J",
+        "M_F",
+        *[f"FPR {c}" for c in present],
+        "G-FPR",
+        "G-mIoU",
+        "G-F",
+        *[f"M_J {c}" for c in present],
+    ]
+    footnotes = [
+        f"{protocol} protocol, {split} split, ×100, mean ± std over seeds. M_J / M_F: original audio. FPR: mean "
+        "fraction of each frame predicted foreground when the correct mask is empty (negative audio), AVSBench-Robust "
+        "(Li et al., arXiv:2502.00358). G-FPR: mean FPR over the negative conditions. G-mIoU / G-F: harmonic mean of "
+        "M_J / M_F and 100 − G-FPR (the official code ships no formula for them; see avs_mamba.robustness).",
+        "silence: zero waveform; noise: uniform white noise; swapped: the audio of another test clip whose sounding "
+        "class is not visible in the clip (all through the VGGish front-end). M_J under a negative condition is "
+        "scored against the original masks.",
+    ]
+    if skipped:
+        footnotes.append("Runs without robustness results (not shown): " + ", ".join(skipped))
+    caption = "Audio reliance: accuracy with the clip's audio, false positives when the audio names no visible object."
+    return Table("robustness", caption, pd.DataFrame(display, columns=header), pd.DataFrame(data), footnotes)
 
 
 def valid_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
