@@ -153,8 +153,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_summary(record: dict[str, Any], out: Path) -> None:
     run = record.get("run", {})
-    best = record.get("best_epoch")  # 0-based in metrics.json; the log counts epochs from 1
-    best_text = "none" if best is None else f"epoch {best + 1} of {len(record.get('history') or [])}"
+    best = record.get("best_epoch")  # 1-based, as in the log
+    best_text = "none" if best is None else f"epoch {best} of {len(record.get('history') or [])}"
     print(f"{run.get('task')}/{run.get('name')}/seed{run.get('seed')}: best {best_text} (chosen on val)")
     for protocol, metrics in (record.get("test") or {}).items():
         print(f"  test {protocol}: M_J {metrics.get('miou'):.4f}  M_F {metrics.get('fscore'):.4f}")
@@ -175,6 +175,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out_file=args.out,
     )
     if int(os.environ.get("RANK", "0")) == 0:
+        data = record["data"]
+        print(f"data: {data['root']} ({data['source']}, digest {data['digest'][:12]}, {data['num_files']} files)")
+        if data["matches_training"] is False:
+            print("note: this is not the data the run was trained on (other digest)")
         for protocol, metrics in record["metrics"].items():
             print(f"{args.split} {protocol}: M_J {metrics['miou']:.4f}  M_F {metrics['fscore']:.4f}")
         print(f"written to {args.out or Path(args.run) / f'eval_{args.split}.json'}")
@@ -353,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol", choices=PROTOCOLS, action="append", help="metric protocol (repeatable; default: the run's)"
     )
     p.add_argument("--eval-batch-size", type=_positive_int, help="videos per official M_F batch (default: the run's)")
-    p.add_argument("--data-root", help="dataset location, if it moved since training")
+    p.add_argument(
+        "--data-root", help="data to score (default: the data the run was trained on, as its training recorded)"
+    )
     p.add_argument("--out", type=Path, help="output JSON (default: RUN/eval_{split}.json)")
     _add_device(p, "auto")
     p.set_defaults(handler=_cmd_evaluate)

@@ -50,10 +50,12 @@ from avs_mamba.checkpointing import (
     set_rng_state,
 )
 from avs_mamba.config import ExperimentConfig
+from avs_mamba.data.provenance import data_provenance
 from avs_mamba.distributed import DistContext, all_true, barrier, init_distributed, shutdown
 from avs_mamba.evaluation import (
     CONFIG_FILE,
     build_split,
+    dataset_root,
     evaluate_model,
     evaluate_run,
     forward_batch,
@@ -245,6 +247,7 @@ class _Trainer:
 
         train_set = build_split(cfg, "train")
         val_set = build_split(cfg, "val")
+        self.data = self._data_provenance(ckpt)
         pin = self.device.type == "cuda"
         train_loader = make_loader(
             train_set,
@@ -296,7 +299,7 @@ class _Trainer:
                     val = self._evaluate(model, val_set)
                 epoch_time = time.perf_counter() - t0
                 point = {
-                    "epoch": epoch,
+                    "epoch": epoch + 1,  # 1-based, as in the log; checkpoints keep the 0-based loop index
                     "train_loss": loss,
                     "train_steps": steps,
                     "lr": optimizer.param_groups[0]["lr"],  # of the epoch's last step
@@ -316,6 +319,7 @@ class _Trainer:
                                 "val": point["val"],
                                 "config": cfg.to_dict(),
                                 "config_hash": self.config_hash,
+                                "data": self.data,
                             },
                         )
                 rng = rng_state(loader_gen)
@@ -335,6 +339,7 @@ class _Trainer:
                             "elapsed_s": elapsed_now,
                             "config": cfg.to_dict(),
                             "config_hash": self.config_hash,
+                            "data": self.data,
                         },
                     )
                 barrier(self.ctx)
@@ -351,6 +356,19 @@ class _Trainer:
                     self._log_final(logger, record)
         barrier(self.ctx)
         return record
+
+    def _data_provenance(self, ckpt: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Root and digest of the data this run trains on (:mod:`avs_mamba.data.provenance`); a resumed run must
+        find the data it started on."""
+        data = data_provenance(dataset_root(self.config), self.config.data.task)
+        before = (ckpt or {}).get("data")
+        if before is not None and before["digest"] != data["digest"]:
+            raise ValueError(
+                f"{self.out} was trained on the data under {before['root']} (digest {before['digest'][:12]}), but "
+                f"{data['root']} holds other data (digest {data['digest'][:12]}); point data.root at the run's data "
+                "or use another --out"
+            )
+        return data
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.ctx.enabled:
@@ -462,9 +480,10 @@ class _Trainer:
             "status": "finished",
             "test": test,
             "best_val": best["val"],
-            "best_epoch": best["epoch"],
+            "best_epoch": None if best["epoch"] is None else best["epoch"] + 1,  # 1-based, as in the log
             "selection": {"split": "val", "protocol": self.protocol, "metric": "miou"},
             "eval": {"batch_size": cfg.eval.batch_size, "protocols": list(cfg.eval.protocols)},
+            "data": self.data,
             "history": history,
             "cost": cost,
             "device": str(self.device),
@@ -558,7 +577,8 @@ def train(
     """Train, select on val, test and record one run into ``out_dir`` (resuming it when it was interrupted).
 
     Returns the ``metrics.json`` record: ``run`` {name, variant, model, task, profile, seed, config_hash},
-    ``test`` {protocol: metrics}, ``best_val`` {protocol: scalars}, ``best_epoch``, ``history`` (per epoch:
+    ``test`` {protocol: metrics}, ``best_val`` {protocol: scalars}, ``best_epoch`` (1-based), ``data`` (root and
+    digest of the dataset, :func:`~avs_mamba.data.provenance.data_provenance`), ``history`` (per epoch, 1-based:
     train_loss, val, epoch_time_s, ...), ``cost``, ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``,
     ``torch_version``, ``config`` (resolved). Under ``torchrun`` every rank returns it; rank 0 writes it.
 

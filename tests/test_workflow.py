@@ -119,3 +119,15 @@ def test_slurm_profile_plans_gpu_jobs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert job_counts(proc.stdout)["train"] == 2
     assert "slurm_partition=REPLACE_ME_gpu_partition" in proc.stdout
+
+
+def test_data_of_other_synth_settings_is_resynthesized(tmp_path: Path) -> None:
+    from avs_mamba.data.synthetic import SplitCounts, SynthConfig, generate
+
+    counts = dict.fromkeys(("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2"), SplitCounts(train=4, val=2, test=2))
+    generate("s4", tmp_path / "data/synthetic", SynthConfig(seed=0, image_size=48, **counts))  # config says 32 px
+    plan = snakemake(tmp_path, "-n", "--cores", "1", "data")
+    assert job_counts(plan.stdout) == {"data": 1, "synth_data": 1, "total": 2}, plan.stdout
+    generate("s4", tmp_path / "data/synthetic", SynthConfig(seed=0, image_size=32, **counts), overwrite=True)
+    plan = snakemake(tmp_path, "-n", "--cores", "1", "data")
+    assert "Nothing to be done" in plan.stdout, plan.stdout

@@ -2,6 +2,7 @@
 # Kept short on purpose: what a job does lives in the avs_mamba package and its CLI.
 
 import glob
+import json
 import os
 import re
 from pathlib import Path
@@ -79,6 +80,32 @@ def task_root(dataset):
 
 def synth_task(wildcards):
     return {folder: task for task, folder in TASK_DIRS.items()}[wildcards.task_dir]
+
+
+def synth_settings():
+    """The synthetic dataset config/config.yaml asks for, as `avs-bench synth` writes it to synth_config.json."""
+    from avs_mamba.data.synthetic import SynthConfig
+
+    knobs = {k: config["synth"][k] for k in ("seed", "image_size", "num_classes")}
+    if config["synth"]["clips_per_split"]:
+        counts = dict(zip(("train", "val", "test"), config["synth"]["clips_per_split"]))
+        knobs.update({kind: counts for kind in ("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2")})
+    return SynthConfig(**knobs).model_dump()
+
+
+def synth_settings_file(wildcards):
+    """A file holding the wanted synth settings, an input of synth_data: rewritten (so newer than the data) when the
+    settings change or when the data on disk was written with other settings (say, by `avs-bench synth` by hand),
+    so that a mismatch re-synthesizes."""
+    wanted = synth_settings()
+    path = Path(f"{RESULTS}/data/{PROFILE}/synth_{wildcards.task_dir}.json")
+    on_disk = Path(f"{config['data_root']}/{wildcards.task_dir}/synth_config.json")
+    text = json.dumps(wanted, indent=2, sort_keys=True) + "\n"
+    stale = on_disk.is_file() and json.loads(on_disk.read_text()) != wanted
+    if stale or not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(path)
 
 
 def synth_args(wildcards):

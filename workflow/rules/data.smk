@@ -3,6 +3,8 @@
 
 # Write the synthetic dataset of one task under data_root (seconds; deterministic per seed).
 rule synth_data:
+    input:
+        settings=synth_settings_file,
     output:
         f"{config['data_root']}/{{task_dir}}/synth_config.json",
     log:
