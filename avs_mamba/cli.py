@@ -205,6 +205,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_tables(args: argparse.Namespace) -> int:
+    if not (args.runs or args.costs or args.scaling):  # before the slow plotting imports
+        raise ValueError("nothing to build: give --runs, --costs or --scaling files")
     from avs_mamba.report import build_tables
 
     written = build_tables(
@@ -220,7 +222,24 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(path)
+    if args.tracking_uri:
+        _log_report(args, written)
     return 0
+
+
+def _log_report(args: argparse.Namespace, written: list[Path]) -> None:
+    """The report run (tables and figures) and the per-variant parent runs of ``tables --tracking-uri``."""
+    from avs_mamba.report import load_runs
+    from avs_mamba.tracking import log_report
+
+    runs = load_runs(args.runs).to_dict("records") if args.runs else []
+    profiles = sorted({str(run["profile"]) for run in runs})
+    if args.profile is None and len(profiles) > 1:
+        raise ValueError(f"the runs belong to the profiles {profiles}; pass --profile to name the report's experiment")
+    profile = args.profile or (profiles[0] if profiles else "smoke")
+    report = "+".join(args.only) if args.only else "all"
+    ids = log_report(args.tracking_uri, runs, written, report=report, profile=profile)
+    print(f"MLflow: report run report/{report} and {len(ids) - 1} variant parent run(s) in avs-bench-{profile}")
 
 
 def _cmd_scaling(args: argparse.Namespace) -> int:
@@ -246,9 +265,11 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from avs_mamba.tracking import ui_command
+    from avs_mamba.tracking import relocate_artifacts, ui_command
 
-    argv = ui_command(_tracking_uri(args), port=args.port, host=args.host)
+    uri = _tracking_uri(args)
+    relocate_artifacts(uri)  # a copied or moved results/ finds its artifacts
+    argv = ui_command(uri, port=args.port, host=args.host)
     print("starting: " + " ".join(argv), file=sys.stderr, flush=True)
     os.execv(argv[0], argv)  # replaces this process; Ctrl-C stops the server
     return 0  # not reached
@@ -403,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=PROTOCOLS, default="official", help="default: %(default)s")
     p.add_argument("--reference", default="full", help="variant the ablation Δ is relative to (default: %(default)s)")
     p.add_argument("--published", type=Path, help="published-numbers CSV (default: the packaged one)")
+    p.add_argument(
+        "--tracking-uri",
+        help="also log to this MLflow store: a report run holding the tables and figures, and a parent run per "
+        "variant with its seed runs nested and their mean and 95%% interval (default: no logging)",
+    )
+    p.add_argument(
+        "--profile", choices=SIZES, help="experiment of the MLflow report (default: the runs' profile, else smoke)"
+    )
     p.set_defaults(handler=_cmd_tables)
 
     p = sub.add_parser("scaling", help="cost (FLOPs, memory, latency) vs clip length and resolution")

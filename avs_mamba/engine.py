@@ -271,7 +271,7 @@ class _Trainer:
             from avs_mamba.tracking import RunLogger
 
             logger_cm = RunLogger(self.tracking_uri).start_config(
-                cfg, scan_backend=scan_backend, device=str(self.device)
+                cfg, scan_backend=scan_backend, device=str(self.device), data=self.data
             )
         with logger_cm as logger:
             for point in history:  # a resumed run's MLflow record gets the earlier epochs too

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -24,7 +25,8 @@ LOGS = f"{RESULTS}/logs/{PROFILE}"
 BENCHMARKS = f"{RESULTS}/benchmarks/{PROFILE}"
 TABLES = f"{RESULTS}/tables"
 FIGURES = f"{RESULTS}/figures"
-GPU = 1 if PROFILE == "paper" else 0  # paper jobs each need one GPU; smoke jobs run on CPU
+GPU = 1 if PROFILE == "paper" else 0  # paper training jobs each need one GPU; smoke jobs run on CPU
+SIZES = config["resources"].get(PROFILE, {})  # cluster job sizes of this profile (defaults from the schema)
 TRACKING_URI = config["tracking"]["uri"] or f"sqlite:///{Path(RESULTS).resolve()}/mlflow.db"
 
 
@@ -32,6 +34,34 @@ def _catalogue(folder):
     """Variant name (YAML stem) -> config path, for every YAML in a folder of the repository."""
     return {Path(p).stem: p for p in sorted(glob.glob(os.path.join(workflow.basedir, folder, "*.yaml")))}
 
+
+def _profile_dirs(argv):
+    """The folders of the profiles named on snakemake's command line (--profile, --workflow-profile)."""
+    dirs = []
+    for i, word in enumerate(argv):
+        flag, _, value = word.partition("=")
+        if flag in ("--profile", "--workflow-profile"):
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            if value and value != "none":
+                dirs.append(Path(value) if Path(value).is_dir() else Path(workflow.basedir, value))
+    return [d for d in dirs if d.is_dir()]
+
+
+def _check_placeholders():
+    """Stop before any job while a profile still holds a REPLACE_ME placeholder, naming the file, line and key."""
+    for folder in _profile_dirs(sys.argv):
+        for path in sorted(folder.glob("*.yaml")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                text = line.split("#", 1)[0]
+                if "REPLACE_ME" in text:
+                    key = text.split(":", 1)[0].strip().strip("'\"")
+                    raise WorkflowError(
+                        f"{path}:{number}: '{key}' is a placeholder ({text.strip()}); edit it for your cluster "
+                        "(see the comments in that file) before submitting"
+                    )
+
+
+_check_placeholders()
 
 ABLATION_FILES = _catalogue("ablations")
 BASELINE_FILES = _catalogue("baselines")
@@ -140,6 +170,22 @@ def store_marker(wildcards):
 
 def tracking_args(wildcards):
     return f"--tracking-uri '{TRACKING_URI}'" if config["tracking"]["enabled"] else "--no-tracking"
+
+
+def device_gpus(device):
+    """GPUs a profiling job needs: one when it measures on CUDA, none on the CPU."""
+    return 1 if str(device).startswith("cuda") else 0
+
+
+def size(key):
+    """One cluster job size of this profile (config 'resources'), the schema's default when not set."""
+    defaults = {"train_runtime_min": 60, "train_mem_mb": 8000, "train_cpus": 1, "job_runtime_min": 30, "job_mem_mb": 4000}
+    return SIZES.get(key, defaults[key])
+
+
+def report_tracking_args(wildcards):
+    """Report rules log their tables and figures, and a parent run per variant, to the store (when tracking)."""
+    return f"--tracking-uri '{TRACKING_URI}' --profile {PROFILE}" if config["tracking"]["enabled"] else ""
 
 
 # Per-task model settings: AVSS predicts 70 classes + background (softmax), S4/MS3 one binary mask.

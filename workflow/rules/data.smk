@@ -31,6 +31,9 @@ rule check_data:
     params:
         root=task_root_of,
     threads: 1
+    resources:
+        runtime=size("job_runtime_min"),
+        mem_mb=size("job_mem_mb"),
     conda:
         ENV
     shell:
