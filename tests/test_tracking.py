@@ -338,6 +338,7 @@ def test_a_copied_store_finds_its_artifacts(tmp_path: Path, template_store: Path
     assert relocate_artifacts(moved) == 0
     client = MlflowClient(tracking_uri=moved)
     stored = client.get_run(run.run_id)
-    assert stored.info.artifact_uri == (tmp_path / "b/results/mlartifacts" / EXPERIMENT / run.run_id / "artifacts").as_uri()
+    here = tmp_path / "b" / "results" / "mlartifacts" / EXPERIMENT
+    assert stored.info.artifact_uri == (here / run.run_id / "artifacts").as_uri()
     local = client.download_artifacts(run.run_id, "metrics.json", str(tmp_path))
     assert json.loads(Path(local).read_text()) == {"x": 1}

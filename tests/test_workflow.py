@@ -129,7 +129,8 @@ def test_slurm_profile_placeholders_stop_the_workflow_naming_the_key(tmp_path: P
     profile = _slurm_profile(tmp_path, fill=False)
     proc = snakemake(tmp_path, "-n", "--workflow-profile", str(profile), "all", config=_config(tmp_path), check=False)
     assert proc.returncode != 0
-    assert "config.yaml:" in proc.stdout + proc.stderr and "'slurm_account' is a placeholder" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "config.yaml:" in out and "'slurm_account' is a placeholder" in out
 
 
 def test_slurm_profile_sizes_jobs_from_the_config(tmp_path: Path) -> None:
