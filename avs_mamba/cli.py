@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# The console, metrics.json and MLflow keep scores as fractions; the tables print them x100, as papers do.
+_FRACTIONS = "(fractions; the tables show x100)"
+
+
 def _print_summary(record: dict[str, Any], out: Path) -> None:
     run = record.get("run", {})
     best = record.get("best_epoch")  # 1-based, as in the log
     best_text = "none" if best is None else f"epoch {best} of {len(record.get('history') or [])}"
     print(f"{run.get('task')}/{run.get('name')}/seed{run.get('seed')}: best {best_text} (chosen on val)")
     for protocol, metrics in (record.get("test") or {}).items():
-        print(f"  test {protocol}: M_J {metrics.get('miou'):.4f}  M_F {metrics.get('fscore'):.4f}")
+        print(f"  test {protocol}: M_J {metrics.get('miou'):.4f}  M_F {metrics.get('fscore'):.4f}  {_FRACTIONS}")
     print(f"  wall time {record.get('wall_time_s', 0):.1f} s; results in {out / 'metrics.json'}")
 
 
@@ -180,7 +185,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if data["matches_training"] is False:
             print("note: this is not the data the run was trained on (other digest)")
         for protocol, metrics in record["metrics"].items():
-            print(f"{args.split} {protocol}: M_J {metrics['miou']:.4f}  M_F {metrics['fscore']:.4f}")
+            print(f"{args.split} {protocol}: M_J {metrics['miou']:.4f}  M_F {metrics['fscore']:.4f}  {_FRACTIONS}")
         print(f"written to {args.out or Path(args.run) / f'eval_{args.split}.json'}")
     return 0
 
@@ -191,16 +196,25 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     options = {"batch": args.batch, "frames": args.frames, "image_size": args.image_size, "warmup": args.warmup}
     options["repeats"] = args.repeats
+    measure = tuple(args.measure or MEASUREMENTS)
+    print(
+        f"profiling {args.config} ({args.size} size) on {args.device}: {', '.join(measure)}"
+        + (" (paper-size models take minutes on a CPU)" if args.size == "paper" else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    t0 = time.perf_counter()
     row = profile_config(
         args.config,
         size=args.size,
         overrides=list(args.set or []),
         device=args.device,
-        measure=tuple(args.measure or MEASUREMENTS),
+        measure=measure,
         **{k: v for k, v in options.items() if v is not None},
     )
     atomic_write_json(args.out, row)
-    print(f"profile written to {args.out}" + (f" (errors: {row['error']})" if row.get("error") else ""))
+    errors = f" (errors: {row['error']})" if row.get("error") else ""
+    print(f"profile written to {args.out} after {time.perf_counter() - t0:.0f} s{errors}")
     return 0
 
 
@@ -265,12 +279,14 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from avs_mamba.tracking import relocate_artifacts, ui_command
+    from avs_mamba.tracking import init_store, runs_url, ui_command
 
     uri = _tracking_uri(args)
-    relocate_artifacts(uri)  # a copied or moved results/ finds its artifacts
+    experiments = init_store(uri)  # also points a copied or moved results/ at its own artifacts
     argv = ui_command(uri, port=args.port, host=args.host)
     print("starting: " + " ".join(argv), file=sys.stderr, flush=True)
+    for name, experiment_id in experiments.items():
+        print(f"{name}: {runs_url(experiment_id, args.port, args.host)}", file=sys.stderr, flush=True)
     os.execv(argv[0], argv)  # replaces this process; Ctrl-C stops the server
     return 0  # not reached
 
@@ -296,7 +312,8 @@ def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--device", default=default, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fallback = "%(default)s" if default is not None else "the config's train.device"
+    p.add_argument("--device", default=default, help=f"auto, cpu, cuda or cuda:N (default: {fallback})")
     p.add_argument(
         "--threads", type=_positive_int, help="torch CPU threads (torch.set_num_threads); default: torch's choice"
     )
@@ -337,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     q = data_sub.add_parser("check", help="read every file of a dataset and report all problems (exit 1 if any)")
     q.add_argument("root", type=Path, help="task root (e.g. data/synthetic/Single-source)")
-    q.add_argument("--task", required=True, choices=TASKS)
+    q.add_argument("--task", required=True, choices=TASKS, help="which AVSBench task the root holds")
     q.add_argument("--examples", type=_positive_int, default=3, help="examples shown per problem kind (default 3)")
     q.set_defaults(handler=_cmd_data_check)
 
@@ -373,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory written by `avs-bench train` (--run-dir: same, for use under torchrun, which claims --run)",
     )
     p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path (default: best)")
-    p.add_argument("--split", default="test", choices=("test", "val"))
+    p.add_argument("--split", default="test", choices=("test", "val"), help="split to score (default: %(default)s)")
     p.add_argument(
         "--protocol", choices=PROTOCOLS, action="append", help="metric protocol (repeatable; default: the run's)"
     )
@@ -386,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_evaluate)
 
     p = sub.add_parser("profile", help="params, FLOPs, memory and latency of a config's model")
-    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--config", required=True, type=Path, help="experiment YAML (e.g. ablations/full.yaml)")
     p.add_argument("--size", choices=SIZES, default="smoke", help="size profile (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output JSON")
     p.add_argument("--measure", choices=MEASUREMENTS, action="append", help="what to measure (repeatable; default all)")
@@ -435,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_tables)
 
     p = sub.add_parser("scaling", help="cost (FLOPs, memory, latency) vs clip length and resolution")
-    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--config", required=True, type=Path, help="experiment YAML (e.g. ablations/full.yaml)")
     p.add_argument("--size", choices=SIZES, default="smoke", help="size profile (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output JSON (a list of profile rows)")
     p.add_argument("--frames", nargs="+", type=_positive_int, default=[5, 10, 20, 40], help="default: %(default)s")

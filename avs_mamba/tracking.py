@@ -57,6 +57,7 @@ __all__ = [
     "git_commit",
     "run_tags",
     "ui_command",
+    "runs_url",
     "is_result_metric",
     "relocate_artifacts",
     "log_report",
@@ -77,6 +78,23 @@ PROFILES = ("smoke", "paper")
 # runs; with this tag the UI opens on the runs table and the metric charts.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# The MLflow 3.17 UI opens every experiment on its GenAI overview unless the URL (or the browser's last choice) says
+# workflowType=machine_learning; a shared view (an experiment tag the URL names with viewStateShareKey) then opens
+# the runs table with these columns. Parents (one per variant) list first, their seed runs nested under them.
+VIEW_KEY = "avs-bench"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_COLUMNS = (
+    "metrics.`test/official/miou`",
+    "metrics.`test/official/miou_ci95_lo`",
+    "metrics.`test/official/miou_ci95_hi`",
+    "metrics.`test/official/fscore`",
+    "metrics.`cost/params_total`",
+    "metrics.`cost/gflops_fvcore`",
+    "tags.`variant`",
+    "tags.`num_seeds`",
+    "attributes.`Dataset`",
+)
+VIEW_STATE = json.dumps({"selectedColumns": list(VIEW_COLUMNS)})
 _TRUNCATION_MARK = "...[truncated; full value in params_full.json]"
 KIND_TAG = "avs.kind"  # run (one training job), variant (the parent of its seeds), report (tables and figures)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under its parent
@@ -159,7 +177,7 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 client.create_experiment,
                 name,
                 artifact_location=location,
-                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: VIEW_STATE},
             )
         except MlflowException as err:
             if getattr(err, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
@@ -169,10 +187,9 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 raise
     if experiment.lifecycle_stage == "deleted":
         _retry("restore experiment", client.restore_experiment, experiment.experiment_id)
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        _retry(
-            "tag experiment", client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
-        )
+    for key, value in ((EXPERIMENT_KIND_TAG, EXPERIMENT_KIND), (VIEW_TAG, VIEW_STATE)):
+        if experiment.tags.get(key) != value:
+            _retry("tag experiment", client.set_experiment_tag, experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -273,6 +290,14 @@ def relocate_artifacts(uri: str) -> int:
             )
             changed += cur.rowcount
     return changed
+
+
+def runs_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1") -> str:
+    """The UI address that opens an experiment on its runs table with the suite's columns (see ``VIEW_KEY``)."""
+    return (
+        f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    )
 
 
 def _param_value(value: Any) -> str:

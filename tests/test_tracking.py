@@ -20,6 +20,7 @@ from avs_mamba.tracking import (
     git_commit,
     init_store,
     run_name,
+    runs_url,
     ui_command,
 )
 
@@ -130,6 +131,12 @@ def test_init_store_is_idempotent_and_sets_artifact_locations(tmp_path: Path) ->
     untagged = client.create_experiment("made-elsewhere")
     assert init_store(uri, ["made-elsewhere"]) == {"made-elsewhere": untagged}
     assert client.get_experiment(untagged).tags["mlflow.experimentKind"] == "custom_model_development"
+    # the shared view that runs_url names: the runs table with the suite's columns
+    view = json.loads(client.get_experiment(first[EXPERIMENT]).tags["mlflow.sharedViewState.avs-bench"])
+    assert "metrics.`test/official/miou`" in view["selectedColumns"]
+    assert runs_url("7", 5001) == (
+        "http://127.0.0.1:5001/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=avs-bench"
+    )
 
     artifact = tmp_path / "metrics.json"
     artifact.write_text("{}")
