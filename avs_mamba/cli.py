@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -154,14 +155,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# The console, metrics.json and MLflow keep scores as fractions; the tables print them x100, as papers do.
+_FRACTIONS = "(fractions; the tables show x100)"
+
+
 def _print_summary(record: dict[str, Any], out: Path) -> None:
     run = record.get("run", {})
-    best = record.get("best_epoch")  # 0-based in metrics.json; the log counts epochs from 1
-    best_text = "none" if best is None else f"epoch {best + 1} of {len(record.get('history') or [])}"
+    best = record.get("best_epoch")  # 1-based, as in the log
+    best_text = "none" if best is None else f"epoch {best} of {len(record.get('history') or [])}"
     split = (record.get("selection") or {}).get("split", "val")
     print(f"{run.get('task')}/{run.get('name')}/seed{run.get('seed')}: best {best_text} (chosen on {split})")
     for protocol, metrics in (record.get("test") or {}).items():
-        print(f"  test {protocol}: M_J {metrics.get('miou'):.4f}  M_F {metrics.get('fscore'):.4f}")
+        print(f"  test {protocol}: M_J {metrics.get('miou'):.4f}  M_F {metrics.get('fscore'):.4f}  {_FRACTIONS}")
     print(f"  wall time {record.get('wall_time_s', 0):.1f} s; results in {out / 'metrics.json'}")
 
 
@@ -185,8 +190,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         tracking_uri=None if args.no_tracking or not args.audio_condition else _tracking_uri(args),
     )
     if int(os.environ.get("RANK", "0")) == 0:
+        data = record["data"]
+        print(f"data: {data['root']} ({data['source']}, digest {data['digest'][:12]}, {data['num_files']} files)")
+        if data["matches_training"] is False:
+            print("note: this is not the data the run was trained on (other digest)")
         for protocol, metrics in record["metrics"].items():
-            print(f"{args.split} {protocol}: M_J {metrics['miou']:.4f}  M_F {metrics['fscore']:.4f}")
+            print(f"{args.split} {protocol}: M_J {metrics['miou']:.4f}  M_F {metrics['fscore']:.4f}  {_FRACTIONS}")
         for protocol, summary in (record.get("robustness") or {}).get("summary", {}).items():
             fprs = "  ".join(f"FPR[{c}] {v['fpr']:.4f}" for c, v in summary["by_condition"].items())
             g_scores = f"G-mIoU {summary['g_miou']:.4f}  G-F {summary['g_fscore']:.4f}"
@@ -226,20 +235,31 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     options = {"batch": args.batch, "frames": args.frames, "image_size": args.image_size, "warmup": args.warmup}
     options["repeats"] = args.repeats
+    measure = tuple(args.measure or MEASUREMENTS)
+    print(
+        f"profiling {args.config} ({args.size} size) on {args.device}: {', '.join(measure)}"
+        + (" (paper-size models take minutes on a CPU)" if args.size == "paper" else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    t0 = time.perf_counter()
     row = profile_config(
         args.config,
         size=args.size,
         overrides=list(args.set or []),
         device=args.device,
-        measure=tuple(args.measure or MEASUREMENTS),
+        measure=measure,
         **{k: v for k, v in options.items() if v is not None},
     )
     atomic_write_json(args.out, row)
-    print(f"profile written to {args.out}" + (f" (errors: {row['error']})" if row.get("error") else ""))
+    errors = f" (errors: {row['error']})" if row.get("error") else ""
+    print(f"profile written to {args.out} after {time.perf_counter() - t0:.0f} s{errors}")
     return 0
 
 
 def _cmd_tables(args: argparse.Namespace) -> int:
+    if not (args.runs or args.costs or args.scaling):  # before the slow plotting imports
+        raise ValueError("nothing to build: give --runs, --costs or --scaling files")
     from avs_mamba.report import build_tables
 
     written = build_tables(
@@ -255,7 +275,24 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(path)
+    if args.tracking_uri:
+        _log_report(args, written)
     return 0
+
+
+def _log_report(args: argparse.Namespace, written: list[Path]) -> None:
+    """The report run (tables and figures) and the per-variant parent runs of ``tables --tracking-uri``."""
+    from avs_mamba.report import load_runs
+    from avs_mamba.tracking import log_report
+
+    runs = load_runs(args.runs).to_dict("records") if args.runs else []
+    profiles = sorted({str(run["profile"]) for run in runs})
+    if args.profile is None and len(profiles) > 1:
+        raise ValueError(f"the runs belong to the profiles {profiles}; pass --profile to name the report's experiment")
+    profile = args.profile or (profiles[0] if profiles else "smoke")
+    report = "+".join(args.only) if args.only else "all"
+    ids = log_report(args.tracking_uri, runs, written, report=report, profile=profile)
+    print(f"MLflow: report run report/{report} and {len(ids) - 1} variant parent run(s) in avs-bench-{profile}")
 
 
 def _cmd_scaling(args: argparse.Namespace) -> int:
@@ -281,12 +318,16 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from avs_mamba.tracking import init_store, ui_command
+    from avs_mamba.tracking import init_store, runs_url, ui_command
 
     uri = _tracking_uri(args)
-    init_store(uri, [])  # the schema under its file lock: the server must not race running jobs to create it
+    # the schema under its file lock (the server must not race running jobs to create it); also points a copied or
+    # moved results/ at its own artifacts
+    experiments = init_store(uri)
     argv = ui_command(uri, port=args.port, host=args.host)
     print("starting: " + " ".join(argv), file=sys.stderr, flush=True)
+    for name, experiment_id in experiments.items():
+        print(f"{name}: {runs_url(experiment_id, args.port, args.host)}", file=sys.stderr, flush=True)
     os.execv(argv[0], argv)  # replaces this process; Ctrl-C stops the server
     return 0  # not reached
 
@@ -312,7 +353,8 @@ def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--device", default=default, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fallback = "%(default)s" if default is not None else "the config's train.device"
+    p.add_argument("--device", default=default, help=f"auto, cpu, cuda or cuda:N (default: {fallback})")
     p.add_argument(
         "--threads", type=_positive_int, help="torch CPU threads (torch.set_num_threads); default: torch's choice"
     )
@@ -353,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     q = data_sub.add_parser("check", help="read every file of a dataset and report all problems (exit 1 if any)")
     q.add_argument("root", type=Path, help="task root (e.g. data/synthetic/Single-source)")
-    q.add_argument("--task", required=True, choices=TASKS)
+    q.add_argument("--task", required=True, choices=TASKS, help="which AVSBench task the root holds")
     q.add_argument("--examples", type=_positive_int, default=3, help="examples shown per problem kind (default 3)")
     q.set_defaults(handler=_cmd_data_check)
 
@@ -390,12 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory written by `avs-bench train` (--run-dir: same, for use under torchrun, which claims --run)",
     )
     p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path (default: best)")
-    p.add_argument("--split", default="test", choices=("test", "val"))
+    p.add_argument("--split", default="test", choices=("test", "val"), help="split to score (default: %(default)s)")
     p.add_argument(
         "--protocol", choices=PROTOCOLS, action="append", help="metric protocol (repeatable; default: the run's)"
     )
     p.add_argument("--eval-batch-size", type=_positive_int, help="videos per official M_F batch (default: the run's)")
-    p.add_argument("--data-root", help="dataset location, if it moved since training")
+    p.add_argument(
+        "--data-root", help="data to score (default: the data the run was trained on, as its training recorded)"
+    )
     p.add_argument("--out", type=Path, help="output JSON (default: RUN/eval_{split}.json)")
     p.add_argument(
         "--allow-unfinished", action="store_true", help="score a run that has not finished training (no metrics.json)"
@@ -437,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_recipe)
 
     p = sub.add_parser("profile", help="params, FLOPs, memory and latency of a config's model")
-    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--config", required=True, type=Path, help="experiment YAML (e.g. ablations/full.yaml)")
     p.add_argument("--size", choices=SIZES, default="smoke", help="size profile (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output JSON")
     p.add_argument("--measure", choices=MEASUREMENTS, action="append", help="what to measure (repeatable; default all)")
@@ -473,10 +517,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=PROTOCOLS, default="official", help="default: %(default)s")
     p.add_argument("--reference", default="full", help="variant the ablation Δ is relative to (default: %(default)s)")
     p.add_argument("--published", type=Path, help="published-numbers CSV (default: the packaged one)")
+    p.add_argument(
+        "--tracking-uri",
+        help="also log to this MLflow store: a report run holding the tables and figures, and a parent run per "
+        "variant with its seed runs nested and their mean and 95%% interval (default: no logging)",
+    )
+    p.add_argument(
+        "--profile", choices=SIZES, help="experiment of the MLflow report (default: the runs' profile, else smoke)"
+    )
     p.set_defaults(handler=_cmd_tables)
 
     p = sub.add_parser("scaling", help="cost (FLOPs, memory, latency) vs clip length and resolution")
-    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--config", required=True, type=Path, help="experiment YAML (e.g. ablations/full.yaml)")
     p.add_argument("--size", choices=SIZES, default="smoke", help="size profile (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output JSON (a list of profile rows)")
     p.add_argument("--frames", nargs="+", type=_positive_int, default=[5, 10, 20, 40], help="default: %(default)s")

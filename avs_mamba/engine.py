@@ -57,11 +57,13 @@ from avs_mamba.checkpointing import (
     set_rng_state,
 )
 from avs_mamba.config import ExperimentConfig
+from avs_mamba.data.provenance import data_provenance
 from avs_mamba.distributed import DistContext, all_true, barrier, init_distributed, shutdown
 from avs_mamba.evaluation import (
     CONFIG_FILE,
     METRICS_FILE,
     build_split,
+    dataset_root,
     evaluate_model,
     evaluate_model_subsets,
     evaluate_run,
@@ -285,6 +287,7 @@ class _Trainer:
 
         train_set = build_split(cfg, "train")
         val_set = build_split(cfg, cfg.eval.selection)  # the selection split (val unless eval.selection=test)
+        self.data = self._data_provenance(ckpt)
         pin = self.device.type == "cuda"
         train_loader = make_loader(
             train_set,
@@ -308,7 +311,7 @@ class _Trainer:
             from avs_mamba.tracking import RunLogger
 
             logger_cm = RunLogger(self.tracking_uri).start_config(
-                cfg, scan_backend=scan_backend, device=str(self.device)
+                cfg, scan_backend=scan_backend, device=str(self.device), data=self.data
             )
         with logger_cm as logger:
             if self.ctx.is_main:  # only a run that starts gets a config.yaml (evaluate takes it for a run directory)
@@ -341,7 +344,7 @@ class _Trainer:
                         val = self._evaluate(model, val_set)
                 epoch_time = time.perf_counter() - t0
                 point = {
-                    "epoch": epoch,
+                    "epoch": epoch + 1,  # 1-based, as in the log; checkpoints keep the 0-based loop index
                     "train_loss": loss,
                     "train_steps": steps,
                     "lr": optimizer.param_groups[0]["lr"],  # of the epoch's last step
@@ -362,6 +365,7 @@ class _Trainer:
                                 "val": point["val"],
                                 "config": cfg.to_dict(),
                                 "config_hash": self.config_hash,
+                                "data": self.data,
                             },
                         )
                 rng = rng_state(loader_gen)
@@ -382,6 +386,7 @@ class _Trainer:
                             "memory": None if self.memory is None else self.memory.record(),
                             "config": cfg.to_dict(),
                             "config_hash": self.config_hash,
+                            "data": self.data,
                         },
                     )
                 barrier(self.ctx)
@@ -398,6 +403,19 @@ class _Trainer:
                     self._log_final(logger, record)
         barrier(self.ctx)
         return record
+
+    def _data_provenance(self, ckpt: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Root and digest of the data this run trains on (:mod:`avs_mamba.data.provenance`); a resumed run must
+        find the data it started on."""
+        data = data_provenance(dataset_root(self.config), self.config.data.task)
+        before = (ckpt or {}).get("data")
+        if before is not None and before["digest"] != data["digest"]:
+            raise ValueError(
+                f"{self.out} was trained on the data under {before['root']} (digest {before['digest'][:12]}), but "
+                f"{data['root']} holds other data (digest {data['digest'][:12]}); point data.root at the run's data "
+                "or use another --out"
+            )
+        return data
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.ctx.enabled:
@@ -527,10 +545,11 @@ class _Trainer:
             "subset_clips": {name: len(ids) for name, ids in subsets.items()},
             "test_clips": len(test_set),  # type: ignore[arg-type]
             "best_val": best["val"],
-            "best_epoch": best["epoch"],
+            "best_epoch": None if best["epoch"] is None else best["epoch"] + 1,  # 1-based, as in the log
             "selection": {"split": cfg.eval.selection, "protocol": self.protocol, "metric": "miou"},
             "eval": {"batch_size": cfg.eval.batch_size, "protocols": list(cfg.eval.protocols)},
             "recipe": recipe_card(cfg, strict=False),
+            "data": self.data,
             "history": history,
             "cost": cost,
             "device": str(self.device),
@@ -666,12 +685,13 @@ def train(
     Returns the ``metrics.json`` record: ``run`` {name, variant, model, task, profile, seed, config_hash},
     ``test`` {protocol: metrics}, ``test_subsets`` {probe subset: {protocol: metrics}}, ``subset_clips``
     {probe subset: clips} (both synthetic data only, see :func:`~avs_mamba.evaluation.probe_subsets`),
-    ``test_clips``, ``best_val`` {protocol: scalars on the selection split}, ``best_epoch``, ``selection`` {split,
-    protocol, metric}, ``history`` (per epoch: train_loss, val (on the selection split, ``val_split``),
-    epoch_time_s, ...), ``cost`` (the profile keys of :mod:`avs_mamba.profiling`, memory from this run's own
-    phases), ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``, ``torch_version``, ``config``
-    (resolved), ``recipe`` (the recipe card, :func:`avs_mamba.recipe.recipe_card`). Under ``torchrun`` every rank
-    returns it; rank 0 writes it.
+    ``test_clips``, ``best_val`` {protocol: scalars on the selection split}, ``best_epoch`` (1-based), ``selection``
+    {split, protocol, metric}, ``data`` (root and digest of the dataset,
+    :func:`~avs_mamba.data.provenance.data_provenance`), ``history`` (per epoch, 1-based: train_loss, val (on the
+    selection split, ``val_split``), epoch_time_s, ...), ``cost`` (the profile keys of :mod:`avs_mamba.profiling`,
+    memory from this run's own phases), ``wall_time_s``, ``device``, ``scan_backend``, ``git_commit``,
+    ``torch_version``, ``config`` (resolved), ``recipe`` (the recipe card, :func:`avs_mamba.recipe.recipe_card`).
+    Under ``torchrun`` every rank returns it; rank 0 writes it.
 
     Raises:
         FileNotFoundError: the dataset is missing.

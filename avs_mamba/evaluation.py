@@ -11,7 +11,9 @@
   subset beside the whole split from the same per-frame metric state (no second forward pass). Under the official
   protocol a subset is batched as if it were evaluated alone (its clips in split order, ``eval_batch_size`` per batch).
   Real AVSBench has no such file and no subsets.
-* :func:`evaluate_run`: re-evaluates a run directory's checkpoint and writes ``eval_{split}.json``; with
+* :func:`evaluate_run`: re-evaluates a run directory's checkpoint and writes ``eval_{split}.json``, scoring the data
+  the run was trained on (its absolute root and digest, recorded by training) unless told otherwise, and recording
+  the root and digest of the data it scored; with
   ``audio_conditions`` it also runs the audio-reliance protocol (:mod:`avs_mamba.robustness`: each condition is the
   same evaluation with the clips' audio replaced) and adds its ``robustness`` block to the run's ``metrics.json``.
 """
@@ -37,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from avs_mamba.checkpointing import atomic_write_json, load_checkpoint, load_model_state
 from avs_mamba.config import ExperimentConfig
 from avs_mamba.data.avsbench import NUM_CLASSES, AVSSDataset, DatasetError, MS3Dataset, S4Dataset, build_dataset
+from avs_mamba.data.provenance import data_provenance
 from avs_mamba.distributed import DistContext, all_gather_object, barrier, init_distributed, shutdown
 from avs_mamba.masks import hard_masks, mask_file_name, save_mask
 from avs_mamba.metrics import BinarySegmentationMetrics, FalsePositiveRate, SemanticSegmentationMetrics
@@ -66,6 +69,7 @@ __all__ = [
     "metric_scalars",
     "load_run",
     "clip_folder_name",
+    "run_data_root",
     "evaluate_run",
 ]
 
@@ -554,6 +558,31 @@ def _robustness_metrics(split: str, block: Mapping[str, Any]) -> dict[str, float
     return {k: v for k, v in flat.items() if v == v}  # NaN is not logged
 
 
+def run_data_root(run_dir: Path, config: ExperimentConfig, recorded: Mapping[str, Any] | None) -> str:
+    """Where a run's data is: the absolute root its training recorded, or the config's ``data.root`` when that is
+    absolute. A relative root without a record would be read against the current directory, which may hold other
+    data, so it is refused.
+
+    Raises:
+        FileNotFoundError: the recorded root is gone.
+        ValueError: the root is relative and unrecorded.
+    """
+    if recorded is not None:
+        root = Path(recorded["root"])
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"{run_dir} was trained on the data under {root}, which is gone; pass --data-root to score it on a "
+                "copy of that data"
+            )
+        return str(root)
+    if Path(config.data.root).is_absolute():
+        return config.data.root
+    raise ValueError(
+        f"{run_dir} names its data by the relative path {config.data.root!r} and does not record the directory "
+        "training ran in, so it is ambiguous; pass --data-root with the data's location"
+    )
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -580,8 +609,9 @@ def evaluate_run(
         run_dir: a directory written by :func:`train` (needs ``config.yaml`` and the checkpoint).
         checkpoint: ``best``, ``last`` or a checkpoint path.
         split: ``test`` or ``val``.
-        protocols / eval_batch_size / data_root: override the run's ``eval.protocols``, ``eval.batch_size`` and
-            ``data.root``.
+        protocols / eval_batch_size: override the run's ``eval.protocols`` and ``eval.batch_size``.
+        data_root: the data to score; default: the run's own (:func:`run_data_root`). The record's ``data`` says
+            which root and digest were scored and whether they match the training data (``matches_training``).
         audio_conditions: audio-reliance conditions (:data:`avs_mamba.robustness.CONDITIONS`); ``original`` is always
             evaluated with them. The record gets a ``robustness`` block, also written into the run's
             ``metrics.json`` under ``robustness.{split}`` (when the run has one), the swap pairing to
@@ -591,6 +621,7 @@ def evaluate_run(
 
     Raises:
         FileNotFoundError: missing run config, checkpoint or dataset.
+        ValueError: the run's data root is ambiguous, or its data changed since training (without ``data_root``).
         CheckpointMismatchError: the checkpoint does not fit the model of the run's config.
     """
     from avs_mamba.robustness import DEFAULT_NOISE_DBFS, ConditionedAudio, condition_list, swap_pairing
@@ -605,8 +636,16 @@ def evaluate_run(
         config.eval.protocols = list(protocols)  # type: ignore[assignment]  # validated on assignment
     if eval_batch_size is not None:
         config.eval.batch_size = eval_batch_size
-    if data_root is not None:
-        config.data.root = data_root
+    trained_on = ckpt.get("data")
+    config.data.root = data_root if data_root is not None else run_data_root(run_dir, config, trained_on)
+    data = data_provenance(dataset_root(config), config.data.task)
+    data["matches_training"] = None if trained_on is None else data["digest"] == trained_on["digest"]
+    if data["matches_training"] is False and data_root is None:
+        raise ValueError(
+            f"the data under {data['root']} changed since {run_dir} was trained on it (digest "
+            f"{trained_on['digest'][:12]}, now {data['digest'][:12]}); pass --data-root {data['root']} to score the "
+            "run on it anyway"
+        )
     finished = (run_dir / METRICS_FILE).is_file()
     if not finished:
         epoch = ckpt.get("epoch")
@@ -669,9 +708,10 @@ def evaluate_run(
                 "config_hash": config.config_hash(),
             },
             "checkpoint": str(ckpt_path),
-            "checkpoint_epoch": ckpt.get("epoch"),
+            "checkpoint_epoch": None if ckpt.get("epoch") is None else ckpt["epoch"] + 1,  # 1-based
             "run_finished": finished,
             "split": split,
+            "data": data,
             "metrics": metrics,
             "subsets": subset_metrics,
             "subset_clips": {name: len(ids) for name, ids in subsets.items()},

@@ -14,6 +14,16 @@
   Earlier attempts still marked RUNNING (a killed process cannot end its run) are marked KILLED when a new attempt
   starts. :func:`finished_run` tells whether the store holds a complete record of a job (the engine re-logs a
   finished run directory whose MLflow record is missing or FAILED).
+* What a run logs: the flattened config as params; scores and costs (``test/official/miou``, ``cost/gflops_fvcore``,
+  ...) as metrics; the counts and settings that say how a value was measured (``num_frames``, ``eval_batch_size``,
+  ``cost/repeats``, ...) as tags, so the metric list holds results only; the dataset it trained on as an MLflow
+  dataset input (name, digest, source ``synthetic`` or ``AVSBench``).
+* :func:`log_report` (``avs-bench tables --tracking-uri``) adds a parent run per (dataset, variant) with the seed
+  runs nested under it and the mean and 95 % interval over seeds as its metrics, and a report run holding the tables
+  and figures as artifacts.
+* Artifacts live in ``mlartifacts/`` beside the SQLite file. MLflow stores absolute artifact URIs, so
+  :func:`relocate_artifacts` (run by ``init_store`` and ``avs-bench ui``) points a copied or moved store at the
+  ``mlartifacts/`` beside it.
 * SQLite allows one writer at a time. MLflow waits up to 20 s on a locked database (``busy_timeout``); on top of that
   every write here is retried with bounded exponential backoff when the database is still locked, so a few jobs
   logging at once lose nothing. Writes are batched (``log_batch``) to keep transactions few.
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
 import subprocess
@@ -57,6 +68,10 @@ __all__ = [
     "run_tags",
     "ui_command",
     "log_to_finished_run",
+    "runs_url",
+    "is_result_metric",
+    "relocate_artifacts",
+    "log_report",
     "RunLogger",
 ]
 
@@ -75,7 +90,28 @@ PROFILES = ("smoke", "paper")
 # runs; with this tag the UI opens on the runs table and the metric charts.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# The MLflow 3.17 UI opens every experiment on its GenAI overview unless the URL (or the browser's last choice) says
+# workflowType=machine_learning; a shared view (an experiment tag the URL names with viewStateShareKey) then opens
+# the runs table with these columns. Parents (one per variant) list first, their seed runs nested under them.
+VIEW_KEY = "avs-bench"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_COLUMNS = (
+    "metrics.`test/official/miou`",
+    "metrics.`test/official/miou_ci95_lo`",
+    "metrics.`test/official/miou_ci95_hi`",
+    "metrics.`test/official/fscore`",
+    "metrics.`cost/params_total`",
+    "metrics.`cost/gflops_fvcore`",
+    "tags.`variant`",
+    "tags.`num_seeds`",
+    "attributes.`Dataset`",
+)
+VIEW_STATE = json.dumps({"selectedColumns": list(VIEW_COLUMNS)})
 _TRUNCATION_MARK = "...[truncated; full value in params_full.json]"
+KIND_TAG = "avs.kind"  # run (one training job), variant (the parent of its seeds), report (tables and figures)
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under its parent
+SCORE_KEYS = ("miou", "fscore")
+COST_METRIC_PREFIXES = ("params_", "gflops_", "latency_", "fps", "peak_mem_")
 
 T = TypeVar("T")
 
@@ -225,7 +261,7 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 client.create_experiment,
                 name,
                 artifact_location=location,
-                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: VIEW_STATE},
             )
         except MlflowException as err:
             if getattr(err, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
@@ -235,10 +271,9 @@ def _get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 raise
     if experiment.lifecycle_stage == "deleted":
         _retry("restore experiment", client.restore_experiment, experiment.experiment_id)
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        _retry(
-            "tag experiment", client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
-        )
+    for key, value in ((EXPERIMENT_KIND_TAG, EXPERIMENT_KIND), (VIEW_TAG, VIEW_STATE)):
+        if experiment.tags.get(key) != value:
+            _retry("tag experiment", client.set_experiment_tag, experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -251,7 +286,9 @@ def init_store(uri: str | None = None, experiments: Iterable[str] | None = None)
     uri = uri or default_tracking_uri()
     client = _client(uri)  # creates or migrates a SQLite store's schema under its file lock
     names = [experiment_name(p) for p in PROFILES] if experiments is None else list(experiments)
-    return {name: _get_or_create_experiment(client, name, uri) for name in names}
+    ids = {name: _get_or_create_experiment(client, name, uri) for name in names}
+    _retry("relocate artifacts", relocate_artifacts, uri)
+    return ids
 
 
 def _runs_with_key(client: MlflowClient, experiment_id: str, key: str, status: str | None = None) -> list[Any]:
@@ -346,6 +383,59 @@ def log_to_finished_run(uri: str, config: ExperimentConfig, metrics: Mapping[str
     return run_id
 
 
+def is_result_metric(name: str) -> bool:
+    """True for a result (a score of ``test/``, ``val/``, ``best_val/``, a ``cost/`` figure, or a top-level value
+    such as ``wall_time_s``); False for bookkeeping (``test/official/num_frames``, ``cost/repeats``, ...)."""
+    section, _, rest = name.partition("/")
+    leaf = name.rsplit("/", 1)[-1]
+    if not rest:
+        return True
+    if section in ("test", "val", "best_val"):
+        return leaf in SCORE_KEYS
+    if section == "cost":
+        return leaf.startswith(COST_METRIC_PREFIXES)
+    return True
+
+
+def relocate_artifacts(uri: str) -> int:
+    """Point the experiments and runs of a SQLite store at the ``mlartifacts/`` beside it (after the store was
+    copied or moved). Returns the number of rows changed; 0 for other stores or when nothing moved."""
+    import sqlite3
+
+    db, root = _sqlite_path(uri), artifact_root(uri)
+    if db is None or root is None or not db.is_file():
+        return 0
+    here = root.resolve().as_uri()
+    changed = 0
+    with sqlite3.connect(db, timeout=20) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "experiments" not in tables:
+            return 0
+        for location, name in conn.execute("SELECT artifact_location, name FROM experiments").fetchall():
+            new = f"{here}/{name}"
+            if not location or location == new or not location.rstrip("/").endswith(f"/mlartifacts/{name}"):
+                continue  # already here, or not one of this store's own locations
+            old = location.rstrip("/")
+            cur = conn.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (new, location)
+            )
+            changed += cur.rowcount
+            cur = conn.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+                (new, len(old) + 1, len(old) + 1, old + "/"),
+            )
+            changed += cur.rowcount
+    return changed
+
+
+def runs_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1") -> str:
+    """The UI address that opens an experiment on its runs table with the suite's columns (see ``VIEW_KEY``)."""
+    return (
+        f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    )
+
+
 def _param_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -363,6 +453,116 @@ def _flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
         except (TypeError, ValueError):
             raise ValueError(f"metric {name!r} must be a number, got {value!r} ({type(value).__name__})") from None
     return flat
+
+
+def _variant_parent(client: MlflowClient, experiment_id: str, key: str, name: str, tags: Mapping[str, str]) -> str:
+    """The one active run with run key ``key``, created when there is none. Report jobs running at once may each
+    create one; every caller then keeps the earliest (start time, then id) and deletes the others, so they agree."""
+    query = f"tags.`{RUN_KEY_TAG}` = '{key}'"
+    found = _retry("search parent", client.search_runs, [experiment_id], filter_string=query, max_results=100)
+    if not found:
+        all_tags = {**tags, RUN_KEY_TAG: key}
+        _retry("create parent", client.create_run, experiment_id, run_name=name, tags=all_tags)
+        found = _retry("search parent", client.search_runs, [experiment_id], filter_string=query, max_results=100)
+    keep, *extra = sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
+    for run in extra:
+        _retry("delete duplicate parent", client.delete_run, run.info.run_id)
+    return keep.info.run_id
+
+
+def log_report(
+    uri: str | None,
+    runs: Iterable[Mapping[str, Any]],
+    files: Iterable[str | Path] = (),
+    *,
+    report: str,
+    profile: str,
+) -> dict[str, str]:
+    """Log a report to MLflow: a parent run per (dataset, variant) of ``runs``, and a report run with ``files``.
+
+    Each parent, ``{dataset}/{name}`` (tags ``avs.kind=variant``, ``variant``, ``model``, ``dataset``, ``profile``,
+    ``num_seeds``), has the seed runs nested under it (MLflow's ``mlflow.parentRunId`` tag on each) and carries, per
+    protocol and score, the mean over seeds (``test/official/miou``) and its two-sided 95 % Student-t interval
+    (``test/official/miou_ci95_lo`` / ``_hi``, with two seeds or more; :func:`avs_mamba.report.stats.mean_ci`).
+    The report run ``report/{report}`` (tag ``avs.kind=report``) holds ``files``: ``.png`` under ``figures/``, the rest
+    under ``tables/``; it replaces the previous report run of that name.
+
+    Args:
+        runs: one mapping per training run with ``task``, ``name``, ``variant``, ``model``, ``profile``, ``seed`` and
+            ``test`` (protocol -> metrics), as :func:`avs_mamba.report.load_runs` gives them.
+        report: the report's name (e.g. ``ablation``); profile: the experiment's profile.
+
+    Returns:
+        Run name -> run id of every parent and of the report run.
+    """
+    from mlflow.entities import Metric, RunTag
+
+    from avs_mamba.report.stats import mean_ci
+
+    uri = uri or default_tracking_uri()
+    client = _retry("open store", _client, uri)
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((str(run["profile"]), str(run["task"]), str(run["name"])), []).append(run)
+    ids: dict[str, str] = {}
+    for (run_profile, task, name), members in sorted(groups.items()):
+        experiment_id = _get_or_create_experiment(client, experiment_name(run_profile), uri)
+        first = members[0]
+        seeds = sorted(int(m["seed"]) for m in members)
+        tags = {
+            KIND_TAG: "variant",
+            "variant": str(first["variant"]),
+            "model": str(first["model"]),
+            "name": name,
+            "dataset": task,
+            "profile": run_profile,
+            "num_seeds": str(len(seeds)),
+            "seeds": ",".join(map(str, seeds)),
+        }
+        parent = _variant_parent(client, experiment_id, f"variant:{task}/{name}", f"{task}/{name}", tags)
+        values: dict[str, list[float]] = {}
+        for member in members:
+            for protocol, metrics in (member["test"] or {}).items():
+                for score in SCORE_KEYS:
+                    if isinstance(metrics.get(score), int | float) and math.isfinite(metrics[score]):
+                        values.setdefault(f"test/{protocol}/{score}", []).append(float(metrics[score]))
+        summary: dict[str, float] = {}
+        for metric, sample in values.items():
+            interval = mean_ci(sample)
+            summary[metric] = interval.mean
+            if interval.n >= 2:
+                summary |= {f"{metric}_ci95_lo": interval.lo, f"{metric}_ci95_hi": interval.hi}
+        now = int(time.time() * 1000)
+        _retry(
+            "log parent",
+            client.log_batch,
+            parent,
+            metrics=[Metric(k, v, now, 0) for k, v in summary.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        query = f"tags.`{RUN_KEY_TAG}` LIKE '{task}/{name}/seed%'"
+        children = _retry(
+            "search seed runs", client.search_runs, [experiment_id], filter_string=query, max_results=1000
+        )
+        for child in children:
+            if child.data.tags.get(PARENT_TAG) != parent:
+                _retry("nest seed run", client.set_tag, child.info.run_id, PARENT_TAG, parent)
+        _retry("end parent", client.set_terminated, parent, "FINISHED")
+        ids[f"{task}/{name}"] = parent
+    paths = [Path(f) for f in files]
+    if paths:
+        with RunLogger(uri).start(
+            f"report/{report}", experiment_name(profile), tags={KIND_TAG: "report"}, run_key=f"report/{report}"
+        ) as logger:
+            figures = [f for f in paths if f.suffix == ".png"]
+            tables = [f for f in paths if f.suffix != ".png"]
+            if tables:
+                logger.log_artifacts(tables, "tables")
+            if figures:
+                logger.log_artifacts(figures, "figures")
+            assert logger.run_id is not None
+            ids[f"report/{report}"] = logger.run_id
+    return ids
 
 
 class RunLogger:
@@ -427,20 +627,49 @@ class RunLogger:
         return self
 
     def start_config(
-        self, config: ExperimentConfig, *, scan_backend: str, device: str, commit: str | None = None
+        self,
+        config: ExperimentConfig,
+        *,
+        scan_backend: str,
+        device: str,
+        commit: str | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> RunLogger:
         """Start the run of ``config``: standard name, experiment and tags, flattened config and its recipe card
-        (``recipe.<key>``: source or deviation) as params, the config as YAML."""
+        (``recipe.<key>``: source or deviation) as params, the config as YAML; ``data``
+        (:func:`avs_mamba.data.provenance.data_provenance`) is logged as the run's dataset input."""
         from avs_mamba.recipe import card_params, recipe_card
 
+        tags = run_tags(config, scan_backend=scan_backend, device=device, commit=commit) | {KIND_TAG: "run"}
         self.start(
             run_name(config.data.task, config.name, config.train.seed),
             experiment_name(config.profile),
-            tags=run_tags(config, scan_backend=scan_backend, device=device, commit=commit),
+            tags=tags,
             params={**config.flatten(), **card_params(recipe_card(config, strict=False))},
         )
         self._call("log config", self.client.log_text, self.run_id, config.to_yaml(), "config.yaml")
+        if data is not None:
+            self.log_dataset(data)
         return self
+
+    def log_dataset(self, data: Mapping[str, Any], context: str = "train") -> None:
+        """The dataset as an MLflow dataset input: name ``[synthetic ]AVSBench <TASK>``, the first 16 hex digits of
+        its digest, its root as the source, and tags ``mlflow.data.context`` and ``source`` (synthetic/AVSBench)."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+
+        run_id = self._require_run()
+        prefix = "synthetic " if data["source"] == "synthetic" else ""
+        dataset = MetaDataset(
+            LocalArtifactDatasetSource(str(data["root"])),
+            name=f"{prefix}AVSBench {str(data['task']).upper()}",
+            digest=str(data["digest"])[:16],
+        )
+        tags = [InputTag("mlflow.data.context", context), InputTag("source", str(data["source"]))]
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=tags)
+        self._call("log dataset", self.client.log_inputs, run_id, datasets=[entry])
+        self.set_tags({"data.digest": data["digest"], "data.source": data["source"]})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params in batches of 100; values over 6000 characters are truncated, and then kept whole in the
@@ -484,8 +713,13 @@ class RunLogger:
         self._last_step = max(self._last_step, epoch)
 
     def log_final(self, metrics: Mapping[str, Any]) -> None:
-        """Final metrics (test scores, cost figures), logged at the last epoch's step so they are the latest values."""
-        self._log_metrics(metrics, step=self._last_step)
+        """Final results (test scores, cost figures) as metrics at the last epoch's step, so they are the latest
+        values; bookkeeping values (:func:`is_result_metric` False: counts, batch sizes, repeats) as tags."""
+        flat = _flat_metrics(metrics)
+        self._log_metrics({k: v for k, v in flat.items() if is_result_metric(k)}, step=self._last_step)
+        bookkeeping = {k: (int(v) if float(v).is_integer() else v) for k, v in flat.items() if not is_result_metric(k)}
+        if bookkeeping:
+            self.set_tags(bookkeeping)
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         """Copy files (and whole folders, under their own name) into the run's artifacts."""

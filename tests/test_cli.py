@@ -93,5 +93,5 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["evaluate", "--run", str(run), "--split", "val", "--protocol", "clean", "--eval-batch-size", "1"]) == 0
     result = json.loads((run / "eval_val.json").read_text())
     assert list(result["metrics"]) == ["clean"] and result["eval"]["batch_size"] == 1
-    assert result["split"] == "val" and result["checkpoint_epoch"] == 0
+    assert result["split"] == "val" and result["checkpoint_epoch"] == 1  # 1-based, like best_epoch
     assert result["metrics"]["clean"]["miou"] == pytest.approx(record["best_val"]["clean"]["miou"], abs=1e-12)

@@ -73,11 +73,13 @@ def test_train_outputs_selection_and_mlflow(tmp_path: Path, data_root: Path) -> 
     assert on_disk["cost"]["params_total"] == sum(p.numel() for p in config.build_model().parameters())
     assert ExperimentConfig.from_yaml(out / "config.yaml") == config
 
-    # best epoch = first maximum of val official M_J over the history; best.pt holds that epoch
+    # best epoch (1-based) = first maximum of val official M_J over the history; best.pt holds that epoch (its
+    # loop index is 0-based)
     val = [h["val"]["official"]["miou"] for h in on_disk["history"]]
-    assert len(val) == 3 and on_disk["best_epoch"] == int(np.argmax(val))
+    assert [h["epoch"] for h in on_disk["history"]] == [1, 2, 3]
+    assert len(val) == 3 and on_disk["best_epoch"] == int(np.argmax(val)) + 1
     assert on_disk["best_val"]["official"]["miou"] == max(val)
-    assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] == on_disk["best_epoch"]
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] + 1 == on_disk["best_epoch"]
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
 
     png = sorted((out / "overlays").glob("*.png"))

@@ -69,3 +69,25 @@ def test_cuda_extra_holds_the_source_only_kernels() -> None:
     runtime = {_name(d) for d in _pyproject()["project"]["dependencies"]}
     forbidden = {"timm", "torchvision", "torchaudio", "mamba-ssm", "causal-conv1d"}
     assert not runtime & forbidden, f"these would pull CUDA wheels or fail to build on CPU: {runtime & forbidden}"
+
+
+def test_constraints_pin_every_dependency_inside_its_range() -> None:
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[_name(name)] = version
+    project = _pyproject()["project"]
+    for text in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        req = Requirement(text)
+        if req.name == "torch":
+            assert "torch" not in pins, "./run installs torch itself (or keeps a CUDA build); it is not locked"
+            continue
+        assert _name(req.name) in pins, f"{req.name} is not in requirements/constraints.txt"
+        assert req.specifier.contains(pins[_name(req.name)]), f"{req.name}=={pins[_name(req.name)]} is not {text}"
+    run = (ROOT / "run").read_text()
+    assert '-c "$constraints" -e "$root[dev]"' in run and "requirements/constraints.txt" in run

@@ -20,6 +20,7 @@ from avs_mamba.tracking import (
     git_commit,
     init_store,
     run_name,
+    runs_url,
     ui_command,
 )
 
@@ -132,6 +133,12 @@ def test_init_store_is_idempotent_and_sets_artifact_locations(tmp_path: Path) ->
     untagged = client.create_experiment("made-elsewhere")
     assert init_store(uri, ["made-elsewhere"]) == {"made-elsewhere": untagged}
     assert client.get_experiment(untagged).tags["mlflow.experimentKind"] == "custom_model_development"
+    # the shared view that runs_url names: the runs table with the suite's columns
+    view = json.loads(client.get_experiment(first[EXPERIMENT]).tags["mlflow.sharedViewState.avs-bench"])
+    assert "metrics.`test/official/miou`" in view["selectedColumns"]
+    assert runs_url("7", 5001) == (
+        "http://127.0.0.1:5001/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=avs-bench"
+    )
 
     artifact = tmp_path / "metrics.json"
     artifact.write_text("{}")
@@ -307,3 +314,86 @@ def test_locked_database_is_retried_with_a_bound(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(MlflowException, match="run not found"):
         tracking._retry("write", other_error)
     assert calls == [0]  # not retried
+
+
+def test_results_are_metrics_and_bookkeeping_is_tags(tmp_path: Path, template_store: Path) -> None:
+    from avs_mamba.tracking import is_result_metric
+
+    assert is_result_metric("test/official/miou") and is_result_metric("cost/gflops_fvcore")
+    assert is_result_metric("wall_time_s") and is_result_metric("best_epoch") and is_result_metric("val/clean/fscore")
+    assert not is_result_metric("test/official/num_frames") and not is_result_metric("cost/repeats")
+    assert not is_result_metric("best_val/official/eval_batch_size")
+    uri = sqlite_uri(tmp_path, template_store)
+    with RunLogger(uri).start("s4/m/seed0", EXPERIMENT) as run:
+        run.log_final({"test": {"official": {"miou": 0.5, "num_frames": 40}}, "cost": {"repeats": 3, "fps": 2.5}})
+    stored = MlflowClient(tracking_uri=uri).get_run(run.run_id)
+    assert stored.data.metrics == {"test/official/miou": 0.5, "cost/fps": 2.5}
+    assert stored.data.tags["test/official/num_frames"] == "40" and stored.data.tags["cost/repeats"] == "3"
+
+
+def test_dataset_is_logged_as_an_input(tmp_path: Path, template_store: Path) -> None:
+    uri = sqlite_uri(tmp_path, template_store)
+    data = {"root": str(tmp_path), "task": "s4", "digest": "ab" * 32, "num_files": 3, "source": "synthetic"}
+    with RunLogger(uri).start("s4/m/seed0", EXPERIMENT) as run:
+        run.log_dataset(data)
+    (entry,) = MlflowClient(tracking_uri=uri).get_run(run.run_id).inputs.dataset_inputs
+    assert (entry.dataset.name, entry.dataset.digest) == ("synthetic AVSBench S4", "ab" * 8)
+    assert json.loads(entry.dataset.source) == {"uri": str(tmp_path)} and entry.dataset.source_type == "local"
+    assert {t.key: t.value for t in entry.tags} == {"mlflow.data.context": "train", "source": "synthetic"}
+
+
+def test_report_nests_seed_runs_under_a_parent_with_mean_and_interval(tmp_path: Path, template_store: Path) -> None:
+    from avs_mamba.tracking import log_report
+
+    uri = sqlite_uri(tmp_path, template_store)
+    client = MlflowClient(tracking_uri=uri)
+    children, runs = {}, []
+    for seed, miou in ((0, 0.5), (1, 0.7)):
+        with RunLogger(uri).start(run_name("s4", "full", seed), EXPERIMENT) as run:
+            children[seed] = run.run_id
+        test = {"official": {"miou": miou, "fscore": 0.8, "num_frames": 10}}
+        runs.append({"task": "s4", "name": "full", "variant": "full", "model": "avs_mamba", "profile": "smoke"})
+        runs[-1] |= {"seed": seed, "test": test}
+    table, figure = tmp_path / "ablation.md", tmp_path / "ablation_bars.png"
+    table.write_text("| a |")
+    figure.write_bytes(b"png")
+    for _ in range(2):  # a rerun keeps one parent and replaces the report run
+        ids = log_report(uri, runs, [table, figure], report="ablation", profile="smoke")
+    parent = client.get_run(ids["s4/full"])
+    # mean 0.6; s = 0.1414, s/sqrt(2) = 0.1, t(0.975, 1) = 12.7062 -> 0.6 -/+ 1.27062
+    metrics = parent.data.metrics
+    assert metrics["test/official/miou"] == pytest.approx(0.6)
+    assert metrics["test/official/miou_ci95_lo"] == pytest.approx(0.6 - 1.270620, abs=1e-5)
+    assert metrics["test/official/miou_ci95_hi"] == pytest.approx(0.6 + 1.270620, abs=1e-5)
+    assert metrics["test/official/fscore"] == pytest.approx(0.8) and "test/official/num_frames" not in metrics
+    assert parent.info.run_name == "s4/full" and parent.data.tags["avs.kind"] == "variant"
+    assert parent.data.tags["num_seeds"] == "2" and parent.info.status == "FINISHED"
+    for run_id in children.values():
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    names = sorted(r.info.run_name for r in runs_of(client, EXPERIMENT))
+    assert names == ["report/ablation", "s4/full", "s4/full/seed0", "s4/full/seed1"]
+    report = ids["report/ablation"]
+    assert [a.path for a in client.list_artifacts(report)] == ["figures", "tables"]
+    assert [a.path for a in client.list_artifacts(report, "tables")] == ["tables/ablation.md"]
+
+
+def test_a_copied_store_finds_its_artifacts(tmp_path: Path, template_store: Path) -> None:
+    from avs_mamba.tracking import relocate_artifacts
+
+    uri = sqlite_uri(tmp_path / "a", template_store)
+    init_store(uri)
+    artifact = tmp_path / "metrics.json"
+    artifact.write_text('{"x": 1}')
+    with RunLogger(uri).start("s4/m/seed0", EXPERIMENT) as run:
+        run.log_artifacts([artifact])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    moved = f"sqlite:///{tmp_path / 'b' / 'results' / 'mlflow.db'}"
+    assert relocate_artifacts(moved) == 3  # two experiments and the run
+    assert relocate_artifacts(moved) == 0
+    client = MlflowClient(tracking_uri=moved)
+    stored = client.get_run(run.run_id)
+    here = tmp_path / "b" / "results" / "mlartifacts" / EXPERIMENT
+    assert stored.info.artifact_uri == (here / run.run_id / "artifacts").as_uri()
+    local = client.download_artifacts(run.run_id, "metrics.json", str(tmp_path))
+    assert json.loads(Path(local).read_text()) == {"x": 1}

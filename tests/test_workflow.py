@@ -129,10 +129,47 @@ def test_paper_profile_without_data_stops_before_training(tmp_path: Path) -> Non
     assert "opennlplab.github.io/AVSBench" in out
 
 
-def test_slurm_profile_plans_gpu_jobs(tmp_path: Path) -> None:
-    proc = snakemake(
-        tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), "all", config=_config(tmp_path), check=False
+def _slurm_profile(tmp_path: Path, fill: bool) -> Path:
+    """A copy of profiles/slurm, its REPLACE_ME placeholders filled in when ``fill``."""
+    folder = tmp_path / "slurm"
+    shutil.copytree(REPO / "profiles" / "slurm", folder)
+    if fill:
+        for path in folder.glob("*.yaml"):
+            path.write_text(path.read_text().replace("REPLACE_ME_", "my_"))
+    (folder / "config.yaml").write_text(
+        (folder / "config.yaml").read_text().replace("profiles/slurm/partitions.yaml", str(folder / "partitions.yaml"))
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder
+
+
+def test_slurm_profile_placeholders_stop_the_workflow_naming_the_key(tmp_path: Path) -> None:
+    profile = _slurm_profile(tmp_path, fill=False)
+    proc = snakemake(tmp_path, "-n", "--workflow-profile", str(profile), "all", config=_config(tmp_path), check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "config.yaml:" in out and "'slurm_account' is a placeholder" in out
+
+
+def test_slurm_profile_sizes_jobs_from_the_config(tmp_path: Path) -> None:
+    profile = _slurm_profile(tmp_path, fill=True)
+    proc = snakemake(tmp_path, "-n", "--workflow-profile", str(profile), "all", config=_config(tmp_path), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
     assert job_counts(proc.stdout)["train"] == 2
-    assert "slurm_partition=REPLACE_ME_gpu_partition" in proc.stdout
+    # smoke training jobs: the config's sizes, no GPU, one core; nothing from profiles/default (latency-wait 30)
+    train = [block for block in proc.stdout.split("\n\n") if "rule train:" in block]
+    assert train and all("gpu=0" in b and "runtime=10" in b and "mem_mb=2000" in b for b in train), train
+    assert "slurm_partition" not in proc.stdout  # chosen by the plugin from partitions.yaml
+    assert "workflow specific profile" in out and "profiles/default" not in out
+
+
+def test_data_of_other_synth_settings_is_resynthesized(tmp_path: Path) -> None:
+    from avs_mamba.data.synthetic import SplitCounts, SynthConfig, generate
+
+    counts = dict.fromkeys(("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2"), SplitCounts(train=4, val=2, test=2))
+    generate("s4", tmp_path / "data/synthetic", SynthConfig(seed=0, image_size=48, **counts))  # config says 32 px
+    plan = snakemake(tmp_path, "-n", "--cores", "1", "data")
+    assert job_counts(plan.stdout) == {"data": 1, "synth_data": 1, "total": 2}, plan.stdout
+    generate("s4", tmp_path / "data/synthetic", SynthConfig(seed=0, image_size=32, **counts), overwrite=True)
+    plan = snakemake(tmp_path, "-n", "--cores", "1", "data")
+    assert "Nothing to be done" in plan.stdout, plan.stdout

@@ -69,7 +69,8 @@ def build_tables(
         costs: profile JSONs, or ``metrics.json`` files whose ``cost`` block is used (efficiency table).
         scaling: scaling-sweep JSONs (scaling table and figure).
         only: subset of ``ARTIFACTS`` to build; None builds what the given inputs allow (the ablation table when
-            AVS-Mamba runs are among them, the comparison table when baselines or the reference variant are).
+            AVS-Mamba runs are among them, the comparison table when baselines or the reference variant are and
+            the runs are not all smoke runs on synthetic data).
         protocol: evaluation protocol of the tables (``official`` or ``clean``).
         reference: the AVS-Mamba variant that ablation deltas are relative to and the comparison table shows.
         published: published-numbers CSV; None uses the packaged ``published_numbers.csv``.
@@ -98,7 +99,10 @@ def build_tables(
             mamba = frame[frame["model"] == "avs_mamba"]
             if not mamba.empty:
                 wanted.append("ablation")
-            if (frame["model"] != "avs_mamba").any() or (mamba["variant"] == reference).any():
+            compared = (frame["model"] != "avs_mamba").any() or (mamba["variant"] == reference).any()
+            # The comparison sets the runs beside the published real-data numbers: by default only for real-data
+            # (paper) runs; smoke runs (synthetic data) get it when asked for (only=["comparison"]).
+            if compared and (frame["profile"] != "smoke").any():
                 wanted.append("comparison")
             if any(protocol in (block or {}).get("test", {}).get("summary", {}) for block in frame["robustness"]):
                 wanted.append("robustness")

@@ -1201,7 +1201,7 @@ def to_latex(table: Table) -> str:
     ncols = len(table.display.columns)
     spec = "l" + "c" * (ncols - 1)
     lines = [
-        r"% Requires \usepackage{booktabs} and \usepackage{amssymb}.",
+        r"% Requires \usepackage{booktabs}, \usepackage{amssymb} and \usepackage{graphicx} (\resizebox).",
         r"\begin{table}[t]",
         r"\centering",
         r"\caption{" + latex_escape(table.caption) + "}",

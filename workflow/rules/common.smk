@@ -2,8 +2,10 @@
 # Kept short on purpose: what a job does lives in the avs_mamba package and its CLI.
 
 import glob
+import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -50,7 +52,8 @@ LOGS = f"{RESULTS}/logs/{PROFILE}"
 BENCHMARKS = f"{RESULTS}/benchmarks/{PROFILE}"
 TABLES = f"{RESULTS}/tables"
 FIGURES = f"{RESULTS}/figures"
-GPU = 1 if PROFILE == "paper" else 0  # paper jobs each need one GPU; smoke jobs run on CPU
+GPU = 1 if PROFILE == "paper" else 0  # paper training jobs each need one GPU; smoke jobs run on CPU
+SIZES = config["resources"].get(PROFILE, {})  # cluster job sizes of this profile (defaults from the schema)
 TRACKING_URI = config["tracking"]["uri"] or f"sqlite:///{Path(RESULTS).resolve()}/mlflow.db"
 
 
@@ -58,6 +61,34 @@ def _catalogue(folder):
     """Variant name (YAML stem) -> config path, for every YAML in a folder of the repository."""
     return {Path(p).stem: p for p in sorted(glob.glob(os.path.join(workflow.basedir, folder, "*.yaml")))}
 
+
+def _profile_dirs(argv):
+    """The folders of the profiles named on snakemake's command line (--profile, --workflow-profile)."""
+    dirs = []
+    for i, word in enumerate(argv):
+        flag, _, value = word.partition("=")
+        if flag in ("--profile", "--workflow-profile"):
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            if value and value != "none":
+                dirs.append(Path(value) if Path(value).is_dir() else Path(workflow.basedir, value))
+    return [d for d in dirs if d.is_dir()]
+
+
+def _check_placeholders():
+    """Stop before any job while a profile still holds a REPLACE_ME placeholder, naming the file, line and key."""
+    for folder in _profile_dirs(sys.argv):
+        for path in sorted(folder.glob("*.yaml")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                text = line.split("#", 1)[0]
+                if "REPLACE_ME" in text:
+                    key = text.split(":", 1)[0].strip().strip("'\"")
+                    raise WorkflowError(
+                        f"{path}:{number}: '{key}' is a placeholder ({text.strip()}); edit it for your cluster "
+                        "(see the comments in that file) before submitting"
+                    )
+
+
+_check_placeholders()
 
 ABLATION_FILES = _catalogue("ablations")
 BASELINE_FILES = _catalogue("baselines")
@@ -108,6 +139,32 @@ def synth_task(wildcards):
     return {folder: task for task, folder in TASK_DIRS.items()}[wildcards.task_dir]
 
 
+def synth_settings():
+    """The synthetic dataset config/config.yaml asks for, as `avs-bench synth` writes it to synth_config.json."""
+    from avs_mamba.data.synthetic import SynthConfig
+
+    knobs = {k: config["synth"][k] for k in ("seed", "image_size", "num_classes")}
+    if config["synth"]["clips_per_split"]:
+        counts = dict(zip(("train", "val", "test"), config["synth"]["clips_per_split"]))
+        knobs.update({kind: counts for kind in ("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2")})
+    return SynthConfig(**knobs).model_dump()
+
+
+def synth_settings_file(wildcards):
+    """A file holding the wanted synth settings, an input of synth_data: rewritten (so newer than the data) when the
+    settings change or when the data on disk was written with other settings (say, by `avs-bench synth` by hand),
+    so that a mismatch re-synthesizes."""
+    wanted = synth_settings()
+    path = Path(f"{RESULTS}/data/{PROFILE}/synth_{wildcards.task_dir}.json")
+    on_disk = Path(f"{config['data_root']}/{wildcards.task_dir}/synth_config.json")
+    text = json.dumps(wanted, indent=2, sort_keys=True) + "\n"
+    stale = on_disk.is_file() and json.loads(on_disk.read_text()) != wanted
+    if stale or not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(path)
+
+
 def synth_args(wildcards):
     """avs-bench synth options from config['synth']."""
     knobs = config["synth"]
@@ -140,6 +197,22 @@ def store_marker(wildcards):
 
 def tracking_args(wildcards):
     return f"--tracking-uri '{TRACKING_URI}'" if config["tracking"]["enabled"] else "--no-tracking"
+
+
+def device_gpus(device):
+    """GPUs a profiling job needs: one when it measures on CUDA, none on the CPU."""
+    return 1 if str(device).startswith("cuda") else 0
+
+
+def size(key):
+    """One cluster job size of this profile (config 'resources'), the schema's default when not set."""
+    defaults = {"train_runtime_min": 60, "train_mem_mb": 8000, "train_cpus": 1, "job_runtime_min": 30, "job_mem_mb": 4000}
+    return SIZES.get(key, defaults[key])
+
+
+def report_tracking_args(wildcards):
+    """Report rules log their tables and figures, and a parent run per variant, to the store (when tracking)."""
+    return f"--tracking-uri '{TRACKING_URI}' --profile {PROFILE}" if config["tracking"]["enabled"] else ""
 
 
 # Per-task model settings: AVSS predicts 70 classes + background (softmax), S4/MS3 one binary mask.

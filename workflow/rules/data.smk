@@ -3,6 +3,8 @@
 
 # Write the synthetic dataset of one task under data_root (seconds; deterministic per seed).
 rule synth_data:
+    input:
+        settings=synth_settings_file,
     output:
         f"{config['data_root']}/{{task_dir}}/synth_config.json",
     log:
@@ -29,6 +31,9 @@ rule check_data:
     params:
         root=task_root_of,
     threads: 1
+    resources:
+        runtime=size("job_runtime_min"),
+        mem_mb=size("job_mem_mb"),
     conda:
         ENV
     shell:

@@ -21,7 +21,9 @@ rule profile_model:
     conda:
         ENV
     resources:
-        gpu=GPU,
+        gpu=device_gpus(config["cost"]["device"]),
+        runtime=size("job_runtime_min"),
+        mem_mb=size("job_mem_mb"),
     shell:
         "OMP_NUM_THREADS={threads} avs-bench profile --config {input.config} --size {params.size} "
         "{params.sets} --device {params.device} {params.measure} --threads {threads} --out {output} > {log} 2>&1"
@@ -47,7 +49,9 @@ rule scaling_sweep:
     conda:
         ENV
     resources:
-        gpu=GPU,
+        gpu=device_gpus(config["scaling"]["device"]),
+        runtime=size("job_runtime_min"),
+        mem_mb=size("job_mem_mb"),
     shell:
         "OMP_NUM_THREADS={threads} avs-bench scaling --config {input.config} --size {params.size} "
         "--frames {params.frames} --image-sizes {params.image_sizes} --device {params.device} "

@@ -5,11 +5,13 @@
 rule ablation_report:
     input:
         runs=run_metrics(ABLATIONS),
+        store=store_marker,
     output:
         ablation_outputs(),
     log:
         f"{LOGS}/report/ablation.log",
     params:
+        tracking=report_tracking_args,
         tables=table_dir,
         figures=figure_dir,
         protocol=config["protocol"],
@@ -18,7 +20,7 @@ rule ablation_report:
     conda:
         ENV
     shell:
-        "avs-bench tables --runs {input.runs} --only ablation --protocol {params.protocol} "
+        "avs-bench tables {params.tracking} --runs {input.runs} --only ablation --protocol {params.protocol} "
         "--reference {params.reference} --out {params.tables} --figures {params.figures} > {log} 2>&1"
 
 
@@ -26,11 +28,13 @@ rule ablation_report:
 rule comparison_report:
     input:
         runs=run_metrics(main_models()),
+        store=store_marker,
     output:
         comparison_outputs(),
     log:
         f"{LOGS}/report/comparison.log",
     params:
+        tracking=report_tracking_args,
         tables=table_dir,
         protocol=config["protocol"],
         reference=REFERENCE,
@@ -38,7 +42,7 @@ rule comparison_report:
     conda:
         ENV
     shell:
-        "avs-bench tables --runs {input.runs} --only comparison --protocol {params.protocol} "
+        "avs-bench tables {params.tracking} --runs {input.runs} --only comparison --protocol {params.protocol} "
         "--reference {params.reference} --out {params.tables} > {log} 2>&1"
 
 
@@ -46,35 +50,39 @@ rule comparison_report:
 rule efficiency_report:
     input:
         costs=expand(f"{RESULTS}/profile/{PROFILE}/{{dataset}}/{{variant}}.json", dataset=DATASETS, variant=main_models()),
+        store=store_marker,
     output:
         efficiency_outputs(),
     log:
         f"{LOGS}/report/efficiency.log",
     params:
+        tracking=report_tracking_args,
         tables=table_dir,
     threads: 1
     conda:
         ENV
     shell:
-        "avs-bench tables --costs {input.costs} --only efficiency --out {params.tables} > {log} 2>&1"
+        "avs-bench tables {params.tracking} --costs {input.costs} --only efficiency --out {params.tables} > {log} 2>&1"
 
 
 # Scaling table (log-log slope per model and cost) and figure.
 rule scaling_report:
     input:
         sweeps=expand(f"{RESULTS}/scaling/{PROFILE}/{{variant}}.json", variant=scaling_models()),
+        store=store_marker,
     output:
         scaling_outputs(),
     log:
         f"{LOGS}/report/scaling.log",
     params:
+        tracking=report_tracking_args,
         tables=table_dir,
         figures=figure_dir,
     threads: 1
     conda:
         ENV
     shell:
-        "avs-bench tables --scaling {input.sweeps} --only scaling --out {params.tables} --figures {params.figures} "
+        "avs-bench tables {params.tracking} --scaling {input.sweeps} --only scaling --out {params.tables} --figures {params.figures} "
         "> {log} 2>&1"
 
 
@@ -85,6 +93,7 @@ rule tables:
     log:
         f"{LOGS}/report/tables.log",
     params:
+        tracking=report_tracking_args,
         tables=TABLES,
         figures=FIGURES,
         protocol=config["protocol"],
@@ -94,5 +103,5 @@ rule tables:
     conda:
         ENV
     shell:
-        "avs-bench tables {params.options} --protocol {params.protocol} --reference {params.reference} "
+        "avs-bench tables {params.tracking} {params.options} --protocol {params.protocol} --reference {params.reference} "
         "--out {params.tables} --figures {params.figures} > {log} 2>&1"

@@ -20,15 +20,15 @@ rule train:
         device=config["device"],
         sets=train_sets,
         tracking=tracking_args,
-    # One core per job: small CPU jobs run side by side (--cores N runs N of them); cluster profiles raise it with
-    # set-threads. torch and numba's scan both use exactly this many threads.
-    threads: 1
+    # config 'resources.<profile>.train_cpus' cores per job (smoke: 1, so --cores N runs N small CPU jobs side by
+    # side); torch and numba's scan both use exactly this many threads.
+    threads: size("train_cpus")
     conda:
         ENV
     resources:
         gpu=GPU,
-        runtime=config["resources"]["train_runtime_min"],
-        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=size("train_runtime_min"),
+        mem_mb=size("train_mem_mb"),
     shell:
         "OMP_NUM_THREADS={threads} NUMBA_NUM_THREADS={threads} avs-bench train --config {input.config} --size {params.size} "
         "--seed {wildcards.seed} --data-root {params.root} --device {params.device} "
