@@ -320,10 +320,11 @@ def test_selection_on_test_and_official_evaluation_epochs(tmp_path: Path, data_r
         tmp_path, data_root, train={"epochs": 4, "eval_every": 2, "eval_from_epoch": 0}, eval={"selection": "test"}
     )
     record = train(config, tmp_path / "run", tracking=False, progress=False, cost=())
-    assert [p["epoch"] for p in record["history"] if p["val"] is not None] == [0, 2, 3]
+    # 0-based epochs 0, 2 and the last (3): the history counts from 1
+    assert [p["epoch"] for p in record["history"] if p["val"] is not None] == [1, 3, 4]
     assert {p["val_split"] for p in record["history"]} == {"test"}
     assert record["selection"]["split"] == "test"
-    best = record["history"][record["best_epoch"]]["val"]["official"]["miou"]
+    best = record["history"][record["best_epoch"] - 1]["val"]["official"]["miou"]
     assert record["test"]["official"]["miou"] == pytest.approx(best), "the kept checkpoint is the best test epoch"
     card = json.loads((tmp_path / "run" / "metrics.json").read_text())["recipe"]
     assert card["eval.selection"]["value"] == "test"
