@@ -66,8 +66,9 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "pretrained").mkdir()
     for name in ("pvt_v2_b5.pth", "resnet50-19c8e357.pth", "vggish-10086976.pth"):  # "pretrained_dir holds ..."
         (root / "pretrained" / name).touch()
-    slurm = root / "profiles" / "slurm" / "config.yaml"  # "Edit profiles/slurm/config.yaml first"
-    slurm.write_text(slurm.read_text().replace("REPLACE_ME_", "filled_"))
+    for name in ("config.yaml", "partitions.yaml"):  # "Edit profiles/slurm/config.yaml (and partitions.yaml) first"
+        slurm = root / "profiles" / "slurm" / name
+        slurm.write_text(slurm.read_text().replace("REPLACE_ME_", "filled_"))
     run = root / "results" / "runs" / "smoke" / "s4" / "full" / "seed0"  # `tables` reads the runs on disk
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
