@@ -73,7 +73,9 @@ def test_workflow_end_to_end(tmp_path: Path) -> None:
     for run in ("full", "no_tmb"):
         assert (tmp_path / f"results/benchmarks/smoke/train/s4/{run}/seed0.tsv").is_file(), "train jobs are benchmarked"
         assert (tmp_path / f"results/logs/smoke/train/s4/{run}/seed0.log").is_file()
-    assert mlflow_run_names(tmp_path) == ["s4/full/seed0", "s4/no_tmb/seed0"]
+    names = mlflow_run_names(tmp_path)
+    assert [n for n in names if n.count("/") == 2] == ["s4/full/seed0", "s4/no_tmb/seed0"], "one run per job"
+    assert {"s4/full", "s4/no_tmb", "report/ablation"} <= set(names), "parent runs per variant and the report run"
     robustness = (tmp_path / "results/tables/robustness.md").read_text()
     assert "AVS-Mamba (full)" in robustness and "AVS-Mamba (no_tmb)" in robustness and "FPR silence" in robustness
 
@@ -166,7 +168,8 @@ def test_slurm_profile_sizes_jobs_from_the_config(tmp_path: Path) -> None:
 def test_data_of_other_synth_settings_is_resynthesized(tmp_path: Path) -> None:
     from avs_mamba.data.synthetic import SplitCounts, SynthConfig, generate
 
-    counts = dict.fromkeys(("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2"), SplitCounts(train=4, val=2, test=2))
+    # the clip counts of .test/config.yaml (synth.clips_per_split)
+    counts = dict.fromkeys(("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2"), SplitCounts(train=4, val=2, test=4))
     generate("s4", tmp_path / "data/synthetic", SynthConfig(seed=0, image_size=48, **counts))  # config says 32 px
     plan = snakemake(tmp_path, "-n", "--cores", "1", "data")
     assert job_counts(plan.stdout) == {"data": 1, "synth_data": 1, "total": 2}, plan.stdout
