@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 import scipy.io.wavfile
+from _engine_helpers import make_data, write_config
 from PIL import Image
 
 from avs_mamba.cli import main
@@ -24,7 +25,6 @@ from avs_mamba.data.video import sample_index
 from avs_mamba.engine import train
 from avs_mamba.evaluation import clip_folder_name, evaluate_run
 from avs_mamba.predict import predict_video
-from tests._engine_helpers import make_data, write_config
 
 FPS = 25
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _engine_helpers import write_config
 from torch.utils.data import Subset
 
 from avs_mamba.config import load_config
@@ -22,7 +23,6 @@ from avs_mamba.evaluation import (
     probe_subsets,
     subset_of_row,
 )
-from tests._engine_helpers import write_config
 
 
 def _row(temporal_hard: str, sources: str, silent: str, on: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _engine_helpers import make_data, write_config
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -34,7 +35,6 @@ from avs_mamba.robustness import (
     robustness_summary,
     swap_pairing,
 )
-from tests._engine_helpers import make_data, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 GATE = "audio_gate"
