@@ -54,8 +54,10 @@ def test_cpu_phases_measure_their_own_peak(sampled: bool) -> None:
     held = _touched(HELD)
     with tracker.phase("infer", held=lambda: [held, held[:1024], held.view(-1, 2)]):  # one storage
         allocate(SMALL)
-    assert BIG - 1 <= tracker.peaks["train"] <= BIG + 12
-    assert SMALL + HELD - 1 <= tracker.peaks["infer"] <= SMALL + HELD + 12
+    # RSS growth can fall short of a tensor's size by the free pages the allocator reuses: 2 MiB of slack, the
+    # sampler's wait condition.
+    assert BIG - 2 <= tracker.peaks["train"] <= BIG + 12
+    assert SMALL + HELD - 2 <= tracker.peaks["infer"] <= SMALL + HELD + 12
     assert tracker.record() == {
         "peak_mem_train_mb": tracker.peaks["train"],
         "peak_mem_train_reserved_mb": None,
