@@ -67,9 +67,7 @@ class Rule:
         return re.compile(self.pattern)
 
 
-def apply_rules(
-    state: Mapping[str, torch.Tensor], rules: Sequence[Rule], drop: Sequence[str]
-) -> MappedState:
+def apply_rules(state: Mapping[str, torch.Tensor], rules: Sequence[Rule], drop: Sequence[str]) -> MappedState:
     """Rename ``state`` by the first rule whose pattern matches each whole key; keys matching a ``drop`` pattern are
     dropped (listed), keys no rule matches are ``unknown``. A split whose tensor does not divide evenly is
     ``unknown`` too."""
@@ -126,7 +124,7 @@ def backbone_architecture(state: Mapping[str, torch.Tensor], prefix: str, what: 
     Raises:
         ValueError: no project backbone matches (the message lists the ones tried).
     """
-    found = frozenset((k[len(prefix):], tuple(v.shape)) for k, v in state.items() if k.startswith(prefix))
+    found = frozenset((k[len(prefix) :], tuple(v.shape)) for k, v in state.items() if k.startswith(prefix))
     for name in list_backbones():
         if _backbone_signature(name) == found:
             return name
@@ -155,10 +153,7 @@ RULES: tuple[Rule, ...] = (
     *b2_resnet_rules("resnet", "backbone"),
     *(Rule(rf"conv{i + 1}\.conv2d_list\.(\d+)\.(weight|bias)", rf"necks.{i}.convs.\1.\2") for i in range(4)),
     *(Rule(rf"tpavi_b{i + 1}\.norm_layer\.(weight|bias)", rf"tpavi.{i}.norm.\1") for i in range(4)),
-    *(
-        Rule(rf"tpavi_b{i + 1}\.(align_channel|theta|phi|g|W_z\.[01])\.(.+)", rf"tpavi.{i}.\1.\2")
-        for i in range(4)
-    ),
+    *(Rule(rf"tpavi_b{i + 1}\.(align_channel|theta|phi|g|W_z\.[01])\.(.+)", rf"tpavi.{i}.\1.\2") for i in range(4)),
     *(Rule(rf"path{i + 1}\.resConfUnit1\.(conv[12]\.(?:weight|bias))", rf"paths.{i}.skip_unit.\1") for i in range(3)),
     *(Rule(rf"path{i + 1}\.resConfUnit2\.(conv[12]\.(?:weight|bias))", rf"paths.{i}.out_unit.\1") for i in range(4)),
     Rule(r"output_conv\.0\.(weight|bias)", r"head.conv1.\1"),
