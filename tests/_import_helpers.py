@@ -112,5 +112,5 @@ def run_small(
     model.double().eval()
     frames = tensors["frames"].double()
     with torch.no_grad():
-        out = model(frames, torch.zeros(*frames.shape[:2], 1, 96, 64, dtype=torch.float64))
+        out = model(frames, torch.zeros(*frames.shape[:2], 1, 96, 64, dtype=torch.float64), tensors.get("frame_flags"))
     return out, tensors

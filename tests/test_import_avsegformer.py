@@ -13,9 +13,14 @@ Fixtures (``tests/data/official_checkpoints/``), produced once from the official
   giving the fixture's embeddings (so the file has no ``vggish.*`` keys). Random weights;
   ``avsegformer_small_pvt_io.pt``: 1 clip x 3 frames of 64x64, the 3 audio embeddings, and the official model's
   logits and mix map (channel mean of its ``mask_feature``) (float64 run, stored as float32).
+* ``avsegformer_small_resnet.pth.xz`` / ``_io.pt``: the same with the S4 ResNet config's backbone, ``B2_ResNet``, its
+  stages rebuilt by its own ``_make_layer`` at this project's ``resnet_tiny`` widths (base 16, one bottleneck per
+  stage); its unused second branch (``layer3_2``/``layer4_2``) is zeros.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -108,8 +113,9 @@ class TestKeyLists:
 class TestOutputEquivalence:
     """The small official checkpoint, loaded through the format, reproduces the official model's outputs."""
 
-    def test_small_pvt_logits_and_mix_map(self, tmp_path) -> None:
-        out, io = run_small(FORMAT, "avsegformer_small_pvt", "s4", tmp_path)
+    @pytest.mark.parametrize("name", ["avsegformer_small_pvt", "avsegformer_small_resnet"])
+    def test_small_logits_and_mix_map(self, name: str, tmp_path) -> None:
+        out, io = run_small(FORMAT, name, "s4", tmp_path)
         ref = io["logits"].double()
         assert out.logits.shape == ref.shape == (1, 3, 1, 64, 64)
         diff = (out.logits - ref).abs().max().item()
@@ -126,6 +132,19 @@ class TestOutputEquivalence:
             return {**state, "head.fusion_block.kv_proj.weight": torch.cat([v, k])}
 
         out, io = run_small(FORMAT, "avsegformer_small_pvt", "s4", tmp_path, edit=swap)
+        assert (out.logits - io["logits"].double()).abs().max() > 1e-3
+
+    def test_unused_resnet_branch_changes_the_output(self, tmp_path) -> None:
+        """Control: B2_ResNet's two branches have the same shapes; the fixture's unused one (zeros) gives another
+        output, so a table reading layer3_2/layer4_2 would be caught."""
+
+        def swap(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            other = {"_1.": "_2.", "_2.": "_1."}
+            return {
+                re.sub(r"(?<=^backbone\.layer[34])_[12]\.", lambda m: other[m.group(0)], k): v for k, v in state.items()
+            }
+
+        out, io = run_small(FORMAT, "avsegformer_small_resnet", "s4", tmp_path, edit=swap)
         assert (out.logits - io["logits"].double()).abs().max() > 1e-3
 
 
