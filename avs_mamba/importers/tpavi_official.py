@@ -1,0 +1,232 @@
+"""Checkpoints of the official TPAVI (OpenNLPLab/AVSBench), as its ``train.py`` saves them, read into ``tpavi``.
+
+The official model is ``Pred_endecoder`` of OpenNLPLab/AVSBench@f7414af:avs_scripts/{avs_s4,avs_ms3,avss}/model/
+{PVT,ResNet}_AVSModel.py with ``TPAVIModule`` of ``.../model/TPAVI.py``; ``train.py`` saves
+``model.module.state_dict()`` (a plain state dict; a ``module.`` prefix, when present, is stripped before this
+table). The project's model (``baselines/tpavi.py``) computes what it computes, so the mapping is a rename:
+
+* ``encoder_backbone.*`` (PVT-v2-B5, ``model/pvt.py``, whai362/PVT's names) -> ``backbone.*``;
+  ``resnet.*`` (``B2_ResNet`` of ``model/resnet.py``) -> ``backbone.*`` with ``layer3_1``/``layer4_1`` as
+  ``layer3``/``layer4``. Its second branch ``layer3_2``/``layer4_2`` is built but never called by the model's forward
+  and is dropped by name.
+* ``conv{1..4}.conv2d_list.{j}`` (the ASPP-like ``Classifier_Module`` necks) -> ``necks.{0..3}.convs.{j}``.
+* ``tpavi_b{1..4}.*`` -> ``tpavi.{0..3}.*`` (``norm_layer`` -> ``norm``).
+* ``path{1..4}.resConfUnit1/2`` -> ``paths.{0..3}.skip_unit/out_unit``; ``path4.resConfUnit1`` is built but never
+  called (``path4`` gets one input) and is dropped by name.
+* ``output_conv.{0,2,4}`` -> ``head.conv1/conv2/classifier``.
+
+VGGish is not part of the official model: ``train.py`` builds it apart (``audio_extractor``) from
+``vggish-10086976.pth``, so the checkpoint holds no audio-encoder keys; :data:`EXTERNAL_PREFIXES` names the project
+keys it leaves to that file.
+
+The helpers :func:`apply_rules` and :func:`backbone_architecture` are shared with the AVSegFormer format, whose
+official code uses the same two backbones.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from avs_mamba.backbones import create_backbone, list_backbones
+from avs_mamba.importers.base import MappedState
+
+__all__ = [
+    "EXTERNAL_PREFIXES",
+    "FORMAT",
+    "Rule",
+    "TPAVIOfficial",
+    "apply_rules",
+    "b2_resnet_drop",
+    "b2_resnet_rules",
+    "backbone_architecture",
+    "check_task_classes",
+]
+
+SOURCE = "OpenNLPLab/AVSBench@f7414af"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rename: an official key matching ``pattern`` (whole key) becomes ``target`` (``re`` replacement syntax).
+
+    ``target`` as a tuple splits the tensor along dim 0 into that many equal parts, one per name (a packed
+    projection such as ``nn.MultiheadAttention``'s ``in_proj_weight`` [3C, C] -> q, k, v [C, C]).
+    """
+
+    pattern: str
+    target: str | tuple[str, ...]
+
+    @functools.cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)
+
+
+def apply_rules(state: Mapping[str, torch.Tensor], rules: Sequence[Rule], drop: Sequence[str]) -> MappedState:
+    """Rename ``state`` by the first rule whose pattern matches each whole key; keys matching a ``drop`` pattern are
+    dropped (listed), keys no rule matches are ``unknown``. A split whose tensor does not divide evenly is
+    ``unknown`` too."""
+    drop_res = [re.compile(p) for p in drop]
+    out = MappedState()
+    for key, value in state.items():
+        if any(d.fullmatch(key) for d in drop_res):
+            out.dropped.append(key)
+            continue
+        rule = next((r for r in rules if r.regex.fullmatch(key)), None)
+        if rule is None:
+            out.unknown.append(key)
+        elif isinstance(rule.target, str):
+            out.state[rule.regex.sub(rule.target, key)] = value
+        elif value.dim() == 0 or value.shape[0] % len(rule.target):
+            out.unknown.append(key)
+        else:
+            for name, part in zip(rule.target, value.chunk(len(rule.target)), strict=True):
+                out.state[rule.regex.sub(name, key)] = part.clone()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backbones shared by the official AVSBench and AVSegFormer codes
+
+
+# B2_ResNet (OpenNLPLab/AVSBench@f7414af:avs_scripts/avs_s4/model/resnet.py, copied as vvvb-github/AVSegFormer@7083cb6:
+# model/backbone/resnet.py): torchvision's ResNet-50 names, with the used branch's stages 3-4 named layer3_1/layer4_1.
+def b2_resnet_rules(official: str, project: str) -> tuple[Rule, ...]:
+    """Rules renaming a ``B2_ResNet`` under ``official`` to the project's ResNet under ``project``."""
+    o, p = re.escape(official), project
+    return (
+        Rule(rf"{o}\.((?:conv1|bn1|layer1|layer2)\..+)", rf"{p}.\1"),
+        Rule(rf"{o}\.layer3_1\.(.+)", rf"{p}.layer3.\1"),
+        Rule(rf"{o}\.layer4_1\.(.+)", rf"{p}.layer4.\1"),
+    )
+
+
+def b2_resnet_drop(official: str) -> tuple[str, ...]:
+    """The second ``B2_ResNet`` branch (``layer3_2``/``layer4_2``): built, never used by either model's forward."""
+    return (rf"{re.escape(official)}\.layer[34]_2\..+",)
+
+
+@functools.cache
+def _backbone_signature(name: str) -> frozenset[tuple[str, tuple[int, ...]]]:
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = create_backbone(name)
+    return frozenset((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def backbone_architecture(state: Mapping[str, torch.Tensor], prefix: str, what: str) -> str:
+    """The project backbone whose keys and shapes are exactly the mapped ``prefix*`` keys of ``state``.
+
+    Raises:
+        ValueError: no project backbone matches (the message lists the ones tried).
+    """
+    found = frozenset((k[len(prefix) :], tuple(v.shape)) for k, v in state.items() if k.startswith(prefix))
+    for name in list_backbones():
+        if _backbone_signature(name) == found:
+            return name
+    raise ValueError(
+        f"{what}: its visual backbone ({len(found)} tensors) matches none of this project's backbones "
+        f"{list_backbones()} key for key and shape; the official codes use PVT-v2-B5 or ResNet-50"
+    )
+
+
+def check_task_classes(num_classes: int, task: str, what: str) -> None:
+    """S4/MS3 checkpoints have one output channel (sigmoid), AVSS ones a class per channel (71 on AVSBench)."""
+    if task in ("s4", "ms3") and num_classes != 1:
+        raise ValueError(f"{what} has {num_classes} output classes; a {task} checkpoint has 1 (use --task avss)")
+    if task == "avss" and num_classes < 2:
+        raise ValueError(f"{what} has 1 output channel, a binary s4/ms3 model; an avss checkpoint has 71 classes")
+    if task not in ("s4", "ms3", "avss"):
+        raise ValueError(f"unknown task {task!r}; expected one of s4, ms3, avss")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The TPAVI table
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(r"encoder_backbone\.(.+)", r"backbone.\1"),
+    *b2_resnet_rules("resnet", "backbone"),
+    *(Rule(rf"conv{i + 1}\.conv2d_list\.(\d+)\.(weight|bias)", rf"necks.{i}.convs.\1.\2") for i in range(4)),
+    *(Rule(rf"tpavi_b{i + 1}\.norm_layer\.(weight|bias)", rf"tpavi.{i}.norm.\1") for i in range(4)),
+    *(Rule(rf"tpavi_b{i + 1}\.(align_channel|theta|phi|g|W_z\.[01])\.(.+)", rf"tpavi.{i}.\1.\2") for i in range(4)),
+    *(Rule(rf"path{i + 1}\.resConfUnit1\.(conv[12]\.(?:weight|bias))", rf"paths.{i}.skip_unit.\1") for i in range(3)),
+    *(Rule(rf"path{i + 1}\.resConfUnit2\.(conv[12]\.(?:weight|bias))", rf"paths.{i}.out_unit.\1") for i in range(4)),
+    Rule(r"output_conv\.0\.(weight|bias)", r"head.conv1.\1"),
+    Rule(r"output_conv\.2\.(weight|bias)", r"head.conv2.\1"),
+    Rule(r"output_conv\.4\.(weight|bias)", r"head.classifier.\1"),
+)
+DROP: tuple[str, ...] = (*b2_resnet_drop("resnet"), r"path4\.resConfUnit1\..+")
+# Project keys an official TPAVI checkpoint never holds: VGGish, loaded by the official train.py from its own file.
+EXTERNAL_PREFIXES: tuple[str, ...] = ("audio_encoder.",)
+# Keys every official TPAVI checkpoint has, whatever the backbone and task.
+SIGNATURE = ("conv1.conv2d_list.0.weight", "path1.resConfUnit2.conv1.weight", "output_conv.4.weight")
+OFFICIAL_DILATIONS = (3, 6, 12, 18)  # Classifier_Module([3, 6, 12, 18], ...) in every official model file
+
+
+class TPAVIOfficial:
+    """The official TPAVI checkpoint format (see the module docstring)."""
+
+    name = "tpavi_official"
+    model = "tpavi"
+    source = SOURCE
+    external_prefixes = EXTERNAL_PREFIXES
+
+    def _check(self, state: Mapping[str, torch.Tensor]) -> None:
+        missing = [k for k in SIGNATURE if k not in state]
+        if missing:
+            hint = ""
+            if any(k.startswith("head.transformer.") for k in state):
+                hint = " It looks like an AVSegFormer checkpoint: use --from avsegformer_official."
+            raise ValueError(
+                f"not an official TPAVI checkpoint ({SOURCE}, Pred_endecoder): expected keys {list(SIGNATURE)}, "
+                f"missing {missing}; its first keys are {list(state)[:4]}.{hint}"
+            )
+
+    def architecture(self, state: Mapping[str, torch.Tensor], task: str) -> dict[str, Any]:
+        """Backbone (from the backbone's keys and shapes), widths, TPAVI stages, audio bias, classes.
+
+        Raises:
+            ValueError: the keys are not an official TPAVI checkpoint's, or its classes do not fit ``task``.
+        """
+        self._check(state)
+        what = "this TPAVI checkpoint"
+        mapped = self.map_state(state).state
+        backbone = backbone_architecture(mapped, "backbone.", what)
+        n_dil = sum(1 for k in state if re.fullmatch(r"conv1\.conv2d_list\.\d+\.weight", k))
+        if n_dil != len(OFFICIAL_DILATIONS):
+            raise ValueError(f"{what} has {n_dil} neck convs per stage; the official model has 4 (dilations 3/6/12/18)")
+        stages = sorted(int(m.group(1)) - 1 for k in state if (m := re.fullmatch(r"tpavi_b(\d)\.theta\.weight", k)))
+        channels = state["conv1.conv2d_list.0.weight"].shape[0]
+        num_classes = state["output_conv.4.weight"].shape[0]
+        check_task_classes(num_classes, task, what)
+        arch: dict[str, Any] = {
+            "backbone": backbone,
+            "pretrained": "none",  # the backbone's weights are in the checkpoint
+            "audio_encoder": "vggish",
+            "audio_pretrained": "auto",  # VGGish is not in the checkpoint: its own file, as the official train.py
+            "num_classes": num_classes,
+            "channels": channels,
+            "dilations": list(OFFICIAL_DILATIONS),
+            "tpavi_stages": stages,
+            "window": 5,  # every official model groups frames by 5 (pre_reshape_for_tpavi)
+            "head_chans": [state["output_conv.0.weight"].shape[0], state["output_conv.2.weight"].shape[0]],
+        }
+        if stages:
+            s = stages[0] + 1
+            inter = state[f"tpavi_b{s}.theta.weight"].shape[0]
+            arch["inter_channels"] = None if inter == max(channels // 2, 1) else inter
+            # S4/MS3 TPAVI.py: Linear(128, C); AVSS TPAVI.py: Linear(128, C, bias=False).
+            arch["audio_proj_bias"] = f"tpavi_b{s}.align_channel.bias" in state
+        return arch
+
+    def map_state(self, state: Mapping[str, torch.Tensor]) -> MappedState:
+        """Rename by :data:`RULES`; drop :data:`DROP` by name; anything else is ``unknown``."""
+        return apply_rules(state, RULES, DROP)
+
+
+FORMAT = TPAVIOfficial()
