@@ -28,8 +28,10 @@ Choices (each an option where it matters):
   ``tpavi_wholeclip``). ``null`` means the default (5), as every option's null does.
 * The top decoder path has no unused residual unit (the official ``path4.resConfUnit1`` is built but never called);
   every parameter here gets a gradient. This drops 1.18 M unused parameters from the official count.
-* AVSS padded frames (``frame_flags`` False): the neck maps, TPAVI outputs and logits are multiplied by the flag, as
-  in the official AVSS model.
+* AVSS padded frames (``frame_flags`` False): their audio embeddings are zeroed before the model, as the official
+  AVSS scripts do (OpenNLPLab/AVSBench@f7414af:avs_scripts/avss/train.py, test.py: ``audio_feature *
+  vid_temporal_mask_flag``), and the neck maps, TPAVI outputs and logits are multiplied by the flag, as in the official
+  AVSS model. Real frames sharing a 5-frame window with padded ones see the zeroed embeddings.
 """
 
 from __future__ import annotations
@@ -232,6 +234,8 @@ class TPAVI(AVSBaseline):
         B, T, _, H, W = frames.shape
         feats, keep = self.prepare(frames, audio, frame_flags)
         emb = self.encode_audio(audio)  # [B, T, 128]
+        if frame_flags is not None:
+            emb = emb * frame_flags[..., None].to(emb.dtype)
         maps = [neck(f) for neck, f in zip(self.necks, feats, strict=True)]  # 4 x [B*T, C, h, w]
         if keep is not None:
             maps = [m * keep for m in maps]

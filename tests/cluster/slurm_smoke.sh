@@ -27,6 +27,7 @@ pids=()
 stop() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [ -z "${linked_conf:-}" ] || rm -f "$linked_conf"
 }
 trap stop EXIT
 
@@ -77,6 +78,17 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOW
 PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 EOF
+# The executor plugin's job steps (srun inside each batch job) start with the job's environment, not this shell's:
+# they find the configuration at SLURM's default path only. Link it there while the cluster runs.
+linked_conf=""
+if [ ! -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
+    mkdir -p /etc/slurm
+    ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
+    linked_conf=/etc/slurm/slurm.conf
+elif ! cmp -s /etc/slurm/slurm.conf "$SLURM_CONF"; then
+    echo "slurm_smoke: /etc/slurm/slurm.conf exists and is not this script's; move it away first" >&2
+    exit 2
+fi
 if [ "$no_dbd" != 1 ]; then
     # MariaDB on loopback, data under WORKDIR
     mariadb-install-db --user=mysql --datadir="$work/mysql" >"$logs/mysql-install.log" 2>&1
