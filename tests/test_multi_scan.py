@@ -376,3 +376,15 @@ class TestDWConvTHW:
     def test_rejects_bad_kernel(self, kernel) -> None:
         with pytest.raises(ValueError, match="kernel_size"):
             DWConvTHW(4, kernel)
+
+
+def test_training_after_an_evaluation_of_the_same_shape() -> None:
+    """Index maps first built under inference mode (an evaluation) serve a later training step of that shape: its
+    gathers save them for the backward, which fails for inference tensors."""
+    scan = small_scan(directions_3d())
+    x = torch.randn(1, 4, 2, 2, 3)
+    with torch.inference_mode():
+        scan(x)
+    x.requires_grad_(True)
+    scan(x).visual.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -231,15 +231,18 @@ class MultiDirectionScan(nn.Module):
         """(K, L) maps: sequence k is ``canonical[gather[k]]`` and ``canonical = sequence_k[inverse[k]]``.
 
         Built by flattening the canonical positions along every direction (so they are ``scan_orders``' own
-        permutations), once per (layout, device) and cached on the module.
+        permutations), once per (layout, device) and cached on the module. Built outside inference mode: maps first
+        made under ``torch.inference_mode`` (an evaluation) are reused by later training steps, whose gathers save
+        them for the backward, which inference tensors refuse.
         """
         key = (layout, str(device))
         if key not in self._maps:
-            pos = torch.arange(layout.length, device=device).view(1, 1, -1)
-            pos_scales, pos_tokens = unflatten(pos, _CANONICAL, layout)
-            gather = torch.cat([flatten(pos_scales, d, pos_tokens, layout.tokens_at)[0] for d in self.directions])
-            # the inverse permutation in numpy: a constant, not an op FLOP counters or tracers should see
-            inverse = torch.from_numpy(np.argsort(gather.cpu().numpy(), axis=-1)).to(device)
+            with torch.inference_mode(False), torch.no_grad():
+                pos = torch.arange(layout.length, device=device).view(1, 1, -1)
+                pos_scales, pos_tokens = unflatten(pos, _CANONICAL, layout)
+                gather = torch.cat([flatten(pos_scales, d, pos_tokens, layout.tokens_at)[0] for d in self.directions])
+                # the inverse permutation in numpy: a constant, not an op FLOP counters or tracers should see
+                inverse = torch.from_numpy(np.argsort(gather.cpu().numpy(), axis=-1)).to(device)
             self._maps[key] = (gather, inverse)
         return self._maps[key]
 
