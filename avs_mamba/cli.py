@@ -29,6 +29,7 @@ MEASUREMENTS = ("params", "flops", "memory", "latency")  # avs_mamba.profiling.M
 COST_MEASURES = ("params", "flops", "memory", "latency")  # avs_mamba.engine.COST_MEASURES
 SYNTH_KINDS = ("s4", "ms3", "avss_v1s", "avss_v1m", "avss_v2")
 AUDIO_CONDITIONS = ("original", "silence", "noise", "swapped")  # avs_mamba.robustness.CONDITIONS
+IMPORT_FORMATS = ("avs_mamba_official", "avsegformer_official", "tpavi_official")  # avs_mamba.importers
 TABLES = ("comparison", "ablation", "efficiency", "scaling", "robustness")  # avs_mamba.report.ARTIFACTS
 
 
@@ -201,6 +202,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             g_scores = f"G-mIoU {summary['g_miou']:.4f}  G-F {summary['g_fscore']:.4f}"
             print(f"{args.split} {protocol} robustness: {fprs}  {g_scores}")
         print(f"written to {args.out or Path(args.run) / f'eval_{args.split}.json'}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from avs_mamba.importers.run import import_checkpoint
+
+    record = import_checkpoint(
+        args.source_format,
+        args.checkpoint,
+        config=args.config,
+        task=args.task,
+        out_dir=args.out,
+        size=args.size,
+        overrides=list(args.set or []),
+        data_root=args.data_root,
+        device=args.device,
+        tracking=not args.no_tracking,
+        tracking_uri=None if args.no_tracking else _tracking_uri(args),
+    )
+    imported = record["imported"]
+    print(f"{imported['provenance']} ({imported['format']}); dropped {len(imported['dropped'])} dead official keys")
+    for key in imported["dropped"]:
+        print(f"  dropped {key}")
+    _print_summary(record, Path(args.out))
     return 0
 
 
@@ -462,6 +487,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="do not log the robustness scores to MLflow")
     _add_device(p, "auto")
     p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "import", help="turn a checkpoint trained with an official code into a run directory (scored on test)"
+    )
+    p.add_argument("checkpoint", type=Path, help="the official checkpoint file (.pth)")
+    p.add_argument(
+        "--from", dest="source_format", required=True, choices=IMPORT_FORMATS, help="which official code saved it"
+    )
+    p.add_argument("--task", required=True, choices=TASKS, help="the task it was trained for")
+    p.add_argument(
+        "--config", required=True, type=Path, help="experiment YAML of the model (e.g. baselines/avsegformer.yaml)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--size", choices=SIZES, help="size profile (default: the config's profile, else smoke)")
+    p.add_argument("--set", type=_override, action="append", metavar="KEY=VALUE", help="config override")
+    p.add_argument("--data-root", help="data to score the test split on (sugar for --set data.root=...)")
+    _add_device(p, None)
+    _add_tracking_uri(p)
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.set_defaults(handler=_cmd_import)
 
     p = sub.add_parser("predict", help="segment the sounding objects of a video file with a trained run")
     p.add_argument("--run", required=True, type=Path, help="run directory written by `avs-bench train`")

@@ -83,7 +83,15 @@ from avs_mamba.modules.output import AVSOutput
 from avs_mamba.overlays import save_overlay
 from avs_mamba.recipe import recipe_card
 
-__all__ = ["METRICS_FILE", "COST_MEASURES", "TrainingDivergedError", "compute_loss", "train", "evaluate_run"]
+__all__ = [
+    "METRICS_FILE",
+    "COST_MEASURES",
+    "TrainingDivergedError",
+    "compute_loss",
+    "record_run",
+    "train",
+    "evaluate_run",
+]
 
 # What metrics.json's "cost" measures: params, FLOPs and latency at the run's input shape (one clip, by
 # avs_mamba.profiling), and memory as the peaks of the run's own training steps and evaluation passes.
@@ -711,5 +719,73 @@ def train(
             cost=cost,
         )
         return trainer.run()
+    finally:
+        shutdown(ctx)
+
+
+def record_run(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    model_state: Mapping[str, Tensor],
+    *,
+    extra: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    cost: Sequence[str] = COST_MEASURES,
+) -> dict[str, Any]:
+    """Make ``out_dir`` a finished run of ``config`` whose weights are ``model_state`` (no training): the same
+    ``config.yaml``, ``checkpoints/best.pt``, test evaluation, overlays, cost, ``metrics.json`` and MLflow run as
+    :func:`train` writes, with an empty history. ``extra`` is added to the record (e.g. where the weights came
+    from) and to ``best.pt``; ``tags`` go to the MLflow run. Used by the importers of official checkpoints.
+
+    Raises:
+        FileNotFoundError: the dataset is missing.
+        CheckpointMismatchError: ``model_state`` does not fit the model of ``config``.
+    """
+    ctx, device = init_distributed(config.train.device)
+    try:
+        out = Path(out_dir)
+        trainer = _Trainer(
+            config, out, ctx, device, tracking=tracking, tracking_uri=tracking_uri, progress=False, cost=cost
+        )
+        t_start = time.perf_counter()
+        seed_everything(config.train.seed)
+        model = config.build_model().to(device)
+        load_model_state(model, model_state, "the imported weights")
+        ensure_writable_dir(out)
+        trainer.data = data_provenance(dataset_root(config), config.data.task)
+        atomic_write_text(out / CONFIG_FILE, config.to_yaml())
+        save_checkpoint(
+            trainer.ckpt_dir / "best.pt",
+            {
+                "model": model.state_dict(),
+                "epoch": None,
+                "val": None,
+                "config": config.to_dict(),
+                "config_hash": trainer.config_hash,
+                "data": trainer.data,
+                **extra,
+            },
+        )
+        scan_backend = scan_backend_name(config, device)
+        logger_cm: Any = contextlib.nullcontext(None)
+        if trainer.tracking:
+            from avs_mamba.tracking import RunLogger
+
+            logger_cm = RunLogger(tracking_uri).start_config(
+                config, scan_backend=scan_backend, device=str(device), data=trainer.data
+            )
+        with logger_cm as logger:
+            best = {"epoch": None, "score": -math.inf, "val": None}
+            record = trainer._finish(model, best, [], scan_backend)
+            record.update(extra)
+            record["wall_time_s"] = time.perf_counter() - t_start
+            atomic_write_json(out / METRICS_FILE, record)
+            if logger is not None:
+                if tags:
+                    logger.set_tags(dict(tags))
+                trainer._log_final(logger, record)
+        return record
     finally:
         shutdown(ctx)

@@ -32,13 +32,17 @@ BIN = Path(sys.executable).parent
 
 
 def readme_commands(text: str) -> list[str]:
-    """The commands of every ```bash block: one per line, comments and the ``./run`` prefix removed."""
+    """The commands of every ```bash block: one per line (each part of an ``&&`` chain on its own), comments and the
+    ``./run`` prefix removed."""
     commands = []
     for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
         for line in block.splitlines():
             words = shlex.split(line, comments=True)
-            if words:
-                commands.append(shlex.join(words[1:] if words[0] == "./run" else words))
+            while words:
+                part = words[: words.index("&&")] if "&&" in words else words
+                words = words[len(part) + 1 :]
+                if part:
+                    commands.append(shlex.join(part[1:] if part[0] == "./run" else part))
     return commands
 
 
@@ -47,6 +51,7 @@ COMMANDS = readme_commands(README.read_text())
 
 def test_readme_commands_are_found() -> None:
     assert readme_commands("x\n```bash\n./run a b  # c\n\n# d\nc 'e f'\n```\n```python\nz\n```\n") == ["a b", "c 'e f'"]
+    assert readme_commands("```bash\n./run a b && ./run c\n```\n") == ["a b", "c"]
     assert any(c.startswith("snakemake ") for c in COMMANDS) and any(c.startswith("avs-bench ") for c in COMMANDS)
 
 
