@@ -18,14 +18,18 @@ Fixtures (``tests/data/official_checkpoints/``), produced once from the official
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
+from _engine_helpers import make_data
 from _import_helpers import meta_state, read_key_list, run_small, unpack_checkpoint
 
 from avs_mamba import registry
 from avs_mamba.backbones import read_state_dict
+from avs_mamba.cli import main
 from avs_mamba.importers import get_format
 from avs_mamba.importers.tpavi_official import FORMAT
 
@@ -152,3 +156,22 @@ class TestBadInput:
         extra = {**keys, "output_conv2.weight": [1, 32, 1, 1], "tpavi_b1.W_f.0.weight": [1, 256, 1, 1]}
         mapped = FORMAT.map_state(meta_state(extra))
         assert mapped.unknown == ["output_conv2.weight", "tpavi_b1.W_f.0.weight"]
+
+
+def test_import_command_writes_a_run_that_evaluate_scores_again(tmp_path: Path) -> None:
+    """The small official checkpoint through ``avs-bench import`` (VGGish, which official TPAVI files lack, from the
+    model's own weights) and ``avs-bench evaluate``: the run's recorded scores come back, the dead keys are listed."""
+    ckpt = unpack_checkpoint("tpavi_small_pvt", tmp_path)
+    data = make_data(tmp_path / "data", "s4", (1, 1, 2)) / "Single-source"
+    run = tmp_path / "run"
+    config = Path(__file__).resolve().parents[1] / "baselines" / "tpavi.yaml"
+    argv = ["import", str(ckpt), "--from", "tpavi_official", "--task", "s4", "--config", str(config)]
+    argv += ["--out", str(run), "--data-root", str(data), "--no-tracking", "--set", "data.image_size=32"]
+    assert main([*argv, "--set", "model.audio_pretrained=none", "--set", "eval.num_overlays=0"]) == 0
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["imported"]["format"] == "tpavi_official" and record["test_clips"] == 2
+    assert sorted(record["imported"]["dropped"]) == sorted(k for k in read_state_dict(ckpt)[0] if _dead(k))
+    assert main(["evaluate", "--run", str(run), "--device", "cpu"]) == 0
+    evaluated = json.loads((run / "eval_test.json").read_text())["metrics"]
+    for protocol, metrics in record["test"].items():
+        assert evaluated[protocol]["fscore"] == pytest.approx(metrics["fscore"], abs=1e-6)

@@ -151,6 +151,7 @@ class AVSMambaOfficial:
     name = "avs_mamba_official"
     model = "avs_mamba"
     source = "SitongGong/AVS-Mamba@e0489c94"
+    external_prefixes: tuple[str, ...] = ()  # the official model holds its VGGish
 
     def architecture(self, state: Mapping[str, torch.Tensor], task: str) -> dict[str, Any]:
         missing = [k for k in SIGNATURE if k not in state]

@@ -37,6 +37,9 @@ class OfficialFormat(Protocol):
     name: str  # the ``--from`` value, e.g. "tpavi_official"
     model: str  # the registry name of the project model it becomes, e.g. "tpavi"
     source: str  # the official code it was read from, as ``owner/repo@commit``
+    # Project key prefixes of parts the official files never hold (TPAVI's VGGish: its scripts load it from its own
+    # release file); those keys keep the weights the project model is built with.
+    external_prefixes: tuple[str, ...]
 
     def architecture(self, state: Mapping[str, torch.Tensor], task: str) -> dict[str, Any]:
         """Model-config overrides (registry options) that the checkpoint implies for ``task``.

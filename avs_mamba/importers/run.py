@@ -84,10 +84,16 @@ def load_official(
     return mapped.state, overrides, mapped.dropped
 
 
+def external_prefixes(fmt: OfficialFormat) -> tuple[str, ...]:
+    """Project key prefixes of parts that ``fmt``'s files never hold (loaded from their own pretrained files)."""
+    return tuple(fmt.external_prefixes)
+
+
 def check_fit(path: Path, fmt: OfficialFormat, state: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
     """Every model key in ``state`` with its shape, and nothing else; else one error listing each kind apart."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    external = external_prefixes(fmt)
+    missing = [k for k in own if k not in state and not k.startswith(external)]
     unexpected = [k for k in state if k not in own]
     shapes = [
         f"{k} (file {list(v.shape)}, model {list(own[k].shape)})"
@@ -150,7 +156,8 @@ def import_checkpoint(
     state, arch, dropped = load_official(fmt, path, task)
     sugar = {"data.task": task, "data.root": data_root, "train.device": device}
     extra = [f"{k}={json.dumps(v)}" for k, v in sugar.items() if v is not None]
-    cfg = load_config(config, [*overrides, *extra, *flatten_overrides(arch)], size)
+    # The checkpoint's architecture first, the user's overrides on top (one that breaks the fit is caught below).
+    cfg = load_config(config, [*flatten_overrides(arch), *overrides, *extra], size)
     if cfg.model.name != fmt.model:
         raise ValueError(
             f"config {config} builds model {cfg.model.name!r}, but --from {fmt.name} checkpoints are {fmt.model!r} "
@@ -158,6 +165,9 @@ def import_checkpoint(
         )
     model = cfg.build_model()
     check_fit(path, fmt, state, model)
+    # Parts the official file does not hold (TPAVI's VGGish) keep the weights the model was built with.
+    external = external_prefixes(fmt)
+    state = {**{k: v for k, v in model.state_dict().items() if k.startswith(external) and k not in state}, **state}
     digest = sha256_of(path)
     resolved = path.resolve()
     imported = {
