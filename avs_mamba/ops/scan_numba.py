@@ -366,36 +366,53 @@ def _bwd_recompute(tn, dtt, ut, zt, has_z, At, Bt, Ct, Dv, hs, dec, dtu, y, dyt,
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _bwd_adjoint(
-    tn, dtt, ut, sgt, dyt, At, Bt, Ct, Dv, hs, dec, gk, dA, dD, db, dBb, dCb, dtu, gB, gda_a, ddt, dut
+    tn, dtt, ut, sgt, dyt, At, Bt, Ct, Dv, hs, dec, gs, dA, dD, db, dBb, dCb, dtu, gB, gda_a, ddt, dut
 ):  # pragma: no cover - numba
-    """Reverse-time adjoint over a tile: gk (n, LANES) carried in place, lane-wise dB/dC partial sums into dBb/dCb,
-    du and d delta (through softplus: sgt) into dut/ddt, dA/dD/d delta_bias accumulated."""
+    """Reverse-time adjoint over a tile, then its gradients.
+
+    ``dec`` (CHUNK + 1, n, LANES) holds the tile's decays and, in row tn, the adjoint carried in from the next
+    tile; the recursion G_j = C_j dy_j + dec_{j+1} G_{j+1} overwrites row j with the carry dec_j G_j (row 0 is the
+    carry out) and stores G_j in ``gs``. The gradients then run forwards over the tile in short loops, each writing
+    at most two arrays: the lane loops vectorise only with few possible aliases to check. Lane-wise dB/dC partial
+    sums go into dBb/dCb, du and d delta (through softplus: sgt) into dut/ddt; dA/dD/d delta_bias accumulate.
+    """
     n = At.shape[0]
+    lanes = dtt.shape[1]  # LANES, but not a constant: a constant 16 is unrolled and then not vectorised
     zero = dtt[0, 0] - dtt[0, 0]
     for j in range(tn - 1, -1, -1):
-        for w in range(LANES):
-            dtu[w] = dtt[j, w] * ut[j, w]
-            gB[w] = zero
-            gda_a[w] = zero
         for k in range(n):
-            bk, ck = Bt[j, k], Ct[j, k]
-            for w in range(LANES):
-                dyw = dyt[j, w]
-                gg = gk[k, w] + dyw * ck  # the adjoint of h_t
-                dCb[j, k, w] += dyw * hs[j + 1, k, w]
-                gda = gg * hs[j, k, w] * dec[j, k, w]  # through the decay exp(dt A_k)
+            ck = Ct[j, k]
+            for w in range(lanes):
+                gg = dec[j + 1, k, w] + dyt[j, w] * ck  # the adjoint of h_t
+                gs[j, k, w] = gg
+                dec[j, k, w] *= gg
+    for j in range(tn):
+        for w in range(lanes):
+            dtu[w] = dtt[j, w] * ut[j, w]
+        for k in range(n):
+            for w in range(lanes):
+                dCb[j, k, w] += dyt[j, w] * hs[j + 1, k, w]
+                dBb[j, k, w] += gs[j, k, w] * dtu[w]
+        for w in range(lanes):
+            gda_a[w] = zero
+            gB[w] = zero
+        for k in range(n):
+            for w in range(lanes):
+                gda = dec[j, k, w] * hs[j, k, w]  # through the decay exp(dt A_k): G_j dec_j h_{j-1}
                 dA[k, w] += gda * dtt[j, w]
                 gda_a[w] += gda * At[k, w]
-                gB[w] += gg * bk
-                dBb[j, k, w] += gg * dtu[w]
-                gk[k, w] = gg * dec[j, k, w]
-        for w in range(LANES):
-            dyw = dyt[j, w]
+        for k in range(n):
+            bk = Bt[j, k]
+            for w in range(lanes):
+                gB[w] += gs[j, k, w] * bk
+        for w in range(lanes):
             gdt = (gda_a[w] + gB[w] * ut[j, w]) * sgt[j, w]
             ddt[j, w] = gdt
+            db[w] += gdt
+        for w in range(lanes):
+            dyw = dyt[j, w]
             dut[j, w] = dyw * Dv[w] + gB[w] * dtt[j, w]
             dD[w] += dyw * ut[j, w]
-            db[w] += gdt
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -431,7 +448,8 @@ def _bwd_kernel(
         Bt = np.empty((CHUNK, n), u.dtype)
         Ct = np.empty((CHUNK, n), u.dtype)
         hs = np.empty((CHUNK + 1, n, LANES), u.dtype)  # hs[j + 1] = state after step t0 + j; hs[0] = checkpoint
-        dec = np.empty((CHUNK, n, LANES), u.dtype)
+        dec = np.empty((CHUNK + 1, n, LANES), u.dtype)  # decays; row tn: the adjoint carried in
+        gs = np.empty((CHUNK, n, LANES), u.dtype)
         dBb = np.empty((CHUNK, n, LANES), u.dtype)
         dCb = np.empty((CHUNK, n, LANES), u.dtype)
         h = np.empty((n, LANES), u.dtype)
@@ -491,10 +509,12 @@ def _bwd_kernel(
                 _bwd_recompute(tn, dtt, ut, zt, has_z, At[ib], Bt, Ct, Dv[ib], hs, dec, dtu, y, dyt, dut, one)
                 if has_z:
                     _store_tile(dut, dz, bi, d0, wn, t0, tn)
+                dec[tn] = gk[ib]
                 _bwd_adjoint(
-                    tn, dtt, ut, sgt, dyt, At[ib], Bt, Ct, Dv[ib], hs, dec, gk[ib], dAacc[ib], dDacc[ib], dbacc[ib],
+                    tn, dtt, ut, sgt, dyt, At[ib], Bt, Ct, Dv[ib], hs, dec, gs, dAacc[ib], dDacc[ib], dbacc[ib],
                     dBb, dCb, dtu, gB, gda_a, ddt, dut,
                 )  # fmt: skip
+                gk[ib] = dec[0]
                 _store_tile(dut, du, bi, d0, wn, t0, tn)
                 _store_tile(ddt, ddelta, bi, d0, wn, t0, tn)
             # The chunk's dB/dC of this task's channels, reduced across lanes.
