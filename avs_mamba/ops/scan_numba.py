@@ -208,10 +208,13 @@ def _int_view_jit(x):
 
 
 @njit(inline="always", error_model="numpy")
-def _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one):  # pragma: no cover
+def _load_tile(
+    bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, slope, ut, dtt, sgt, zt, one
+):  # pragma: no cover - numba
     """Transpose (channels d0..d0+wn, steps t0..t0+tn) of u, dt = [softplus](delta + bias) into (CHUNK, LANES)
-    tiles; sgt gets d dt / d delta, zt z. Padding lanes and steps: u = dt = 0. The transposing copies are plain
-    moves; the elementwise math then runs over the contiguous tiles, vectorised."""
+    tiles; with ``slope``, sgt gets d dt / d delta (only the backward's adjoint needs it); zt gets z. Padding lanes
+    and steps: u = dt = 0. The transposing copies are plain moves; the elementwise math then runs over the
+    contiguous tiles, vectorised."""
     zero = one - one
     for j in range(CHUNK):
         for w in range(LANES):
@@ -228,13 +231,19 @@ def _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, 
         for w in range(LANES):
             ut[j, w] = rows[0, w, j]
             dtt[j, w] = rows[1, w, j]
-    if softplus:
+    if softplus and slope:
         for j in range(CHUNK):
             for w in range(LANES):
                 raw = dtt[j, w]
-                sgt[j, w] = one - (one - _sigmoid(raw)) * (raw <= 20)  # slope 1 above the threshold
+                e = _vexp(-abs(raw))  # the same exp as softplus's (inlined: LLVM computes it once)
+                sig = (e if raw < zero else one) / (one + e)  # sigmoid(raw) from exp(-|raw|): no second exp
+                sgt[j, w] = one - (one - sig) * (raw <= 20)  # slope 1 above the threshold
                 dtt[j, w] = _softplus(raw)
-    else:
+    elif softplus:
+        for j in range(CHUNK):
+            for w in range(LANES):
+                dtt[j, w] = _softplus(dtt[j, w])
+    elif slope:
         for j in range(CHUNK):
             for w in range(LANES):
                 sgt[j, w] = one
@@ -308,7 +317,7 @@ def _fwd_kernel(u, delta, A, B, C, D, z, bias, has_z, softplus, out, last, one):
         y = np.empty(LANES, u.dtype)
         for t0 in range(0, l, CHUNK):
             tn = min(CHUNK, l - t0)
-            _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one)
+            _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, False, ut, dtt, sgt, zt, one)
             for k in range(n):
                 for j in range(tn):
                     Bt[j, k] = B[bi, gi, k, t0 + j]
@@ -476,7 +485,7 @@ def _bwd_kernel(
                 t0 = c * CHUNK
                 tn = min(CHUNK, l - t0)
                 ck[ib, c] = h
-                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, False, softplus, ut, dtt, sgt, zt, one)
+                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, False, softplus, False, ut, dtt, sgt, zt, one)
                 for k in range(n):
                     for j in range(tn):
                         Bt[j, k] = B[bi, gi, k, t0 + j]
@@ -497,7 +506,7 @@ def _bwd_kernel(
             for ib in range(nb):
                 d0 = gi * hpg + (blk0 + ib) * LANES
                 wn = min(LANES, hpg - (blk0 + ib) * LANES)
-                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one)
+                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, True, ut, dtt, sgt, zt, one)
                 for j in range(CHUNK):
                     for w in range(LANES):
                         dyt[j, w] = zero
