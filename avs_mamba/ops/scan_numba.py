@@ -12,10 +12,14 @@ input size.
 * Forward: per (batch, block) task, one pass over time.
 * Backward: per (batch, group, part) task over its blocks, pass 1 walks time forwards and stores the block's
   state entering each chunk (and dt); pass 2 walks the chunks from the end: for every block it recomputes the
-  chunk's states and decays into (CHUNK, n, LANES) buffers and runs the reverse-time adjoint
-  g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}; the chunk's dB/dC lanes of all blocks are summed in a
-  (CHUNK, n, LANES) buffer and reduced across lanes once per chunk. At CHUNK = 32, n = 16 the four buffers are
-  128 KiB: L2-resident.
+  chunk's states and decays into (CHUNK, n, LANES) buffers, runs the reverse-time adjoint recursion
+  g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} alone, then the gradients forwards over the chunk in short lane
+  loops; the chunk's dB/dC lanes of all blocks are summed in a (CHUNK, n, LANES) buffer and reduced across lanes
+  once per chunk. At CHUNK = 32, n = 16 the five buffers are about 165 KiB: L2-resident.
+
+LLVM fully unrolls a lane loop whose trip count is the constant ``LANES`` and then leaves short bodies scalar (the
+arrays may alias, and the unrolled code gets no runtime alias check); loops without an exp therefore run over a
+lane count read from an array's shape, which the loop vectoriser takes, with one alias check per loop.
 
 ``exp`` dominates the cost (one per (t, n) and channel). :func:`exp_scaled_into` and the kernels use one branch-free
 exp (Cody-Waite range reduction, Taylor polynomial, exponent bits through an LLVM bitcast) that LLVM vectorises
