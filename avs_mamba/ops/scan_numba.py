@@ -12,10 +12,14 @@ input size.
 * Forward: per (batch, block) task, one pass over time.
 * Backward: per (batch, group, part) task over its blocks, pass 1 walks time forwards and stores the block's
   state entering each chunk (and dt); pass 2 walks the chunks from the end: for every block it recomputes the
-  chunk's states and decays into (CHUNK, n, LANES) buffers and runs the reverse-time adjoint
-  g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}; the chunk's dB/dC lanes of all blocks are summed in a
-  (CHUNK, n, LANES) buffer and reduced across lanes once per chunk. At CHUNK = 32, n = 16 the four buffers are
-  128 KiB: L2-resident.
+  chunk's states and decays into (CHUNK, n, LANES) buffers, runs the reverse-time adjoint recursion
+  g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} alone, then the gradients forwards over the chunk in short lane
+  loops; the chunk's dB/dC lanes of all blocks are summed in a (CHUNK, n, LANES) buffer and reduced across lanes
+  once per chunk. At CHUNK = 32, n = 16 the five buffers are about 165 KiB: L2-resident.
+
+LLVM fully unrolls a lane loop whose trip count is the constant ``LANES`` and then leaves short bodies scalar (the
+arrays may alias, and the unrolled code gets no runtime alias check); loops without an exp therefore run over a
+lane count read from an array's shape, which the loop vectoriser takes, with one alias check per loop.
 
 ``exp`` dominates the cost (one per (t, n) and channel). :func:`exp_scaled_into` and the kernels use one branch-free
 exp (Cody-Waite range reduction, Taylor polynomial, exponent bits through an LLVM bitcast) that LLVM vectorises
@@ -208,10 +212,13 @@ def _int_view_jit(x):
 
 
 @njit(inline="always", error_model="numpy")
-def _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one):  # pragma: no cover
+def _load_tile(
+    bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, slope, ut, dtt, sgt, zt, one
+):  # pragma: no cover - numba
     """Transpose (channels d0..d0+wn, steps t0..t0+tn) of u, dt = [softplus](delta + bias) into (CHUNK, LANES)
-    tiles; sgt gets d dt / d delta, zt z. Padding lanes and steps: u = dt = 0. The transposing copies are plain
-    moves; the elementwise math then runs over the contiguous tiles, vectorised."""
+    tiles; with ``slope``, sgt gets d dt / d delta (only the backward's adjoint needs it); zt gets z. Padding lanes
+    and steps: u = dt = 0. The transposing copies are plain moves; the elementwise math then runs over the
+    contiguous tiles, vectorised."""
     zero = one - one
     for j in range(CHUNK):
         for w in range(LANES):
@@ -228,13 +235,19 @@ def _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, 
         for w in range(LANES):
             ut[j, w] = rows[0, w, j]
             dtt[j, w] = rows[1, w, j]
-    if softplus:
+    if softplus and slope:
         for j in range(CHUNK):
             for w in range(LANES):
                 raw = dtt[j, w]
-                sgt[j, w] = one - (one - _sigmoid(raw)) * (raw <= 20)  # slope 1 above the threshold
+                e = _vexp(-abs(raw))  # the same exp as softplus's (inlined: LLVM computes it once)
+                sig = (e if raw < zero else one) / (one + e)  # sigmoid(raw) from exp(-|raw|): no second exp
+                sgt[j, w] = one - (one - sig) * (raw <= 20)  # slope 1 above the threshold
                 dtt[j, w] = _softplus(raw)
-    else:
+    elif softplus:
+        for j in range(CHUNK):
+            for w in range(LANES):
+                dtt[j, w] = _softplus(dtt[j, w])
+    elif slope:
         for j in range(CHUNK):
             for w in range(LANES):
                 sgt[j, w] = one
@@ -308,7 +321,7 @@ def _fwd_kernel(u, delta, A, B, C, D, z, bias, has_z, softplus, out, last, one):
         y = np.empty(LANES, u.dtype)
         for t0 in range(0, l, CHUNK):
             tn = min(CHUNK, l - t0)
-            _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one)
+            _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, False, ut, dtt, sgt, zt, one)
             for k in range(n):
                 for j in range(tn):
                     Bt[j, k] = B[bi, gi, k, t0 + j]
@@ -366,36 +379,53 @@ def _bwd_recompute(tn, dtt, ut, zt, has_z, At, Bt, Ct, Dv, hs, dec, dtu, y, dyt,
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _bwd_adjoint(
-    tn, dtt, ut, sgt, dyt, At, Bt, Ct, Dv, hs, dec, gk, dA, dD, db, dBb, dCb, dtu, gB, gda_a, ddt, dut
+    tn, dtt, ut, sgt, dyt, At, Bt, Ct, Dv, hs, dec, gs, dA, dD, db, dBb, dCb, dtu, gB, gda_a, ddt, dut
 ):  # pragma: no cover - numba
-    """Reverse-time adjoint over a tile: gk (n, LANES) carried in place, lane-wise dB/dC partial sums into dBb/dCb,
-    du and d delta (through softplus: sgt) into dut/ddt, dA/dD/d delta_bias accumulated."""
+    """Reverse-time adjoint over a tile, then its gradients.
+
+    ``dec`` (CHUNK + 1, n, LANES) holds the tile's decays and, in row tn, the adjoint carried in from the next
+    tile; the recursion G_j = C_j dy_j + dec_{j+1} G_{j+1} overwrites row j with the carry dec_j G_j (row 0 is the
+    carry out) and stores G_j in ``gs``. The gradients then run forwards over the tile in short loops, each writing
+    at most two arrays: the lane loops vectorise only with few possible aliases to check. Lane-wise dB/dC partial
+    sums go into dBb/dCb, du and d delta (through softplus: sgt) into dut/ddt; dA/dD/d delta_bias accumulate.
+    """
     n = At.shape[0]
+    lanes = dtt.shape[1]  # LANES, but not a constant: a constant 16 is unrolled and then not vectorised
     zero = dtt[0, 0] - dtt[0, 0]
     for j in range(tn - 1, -1, -1):
-        for w in range(LANES):
-            dtu[w] = dtt[j, w] * ut[j, w]
-            gB[w] = zero
-            gda_a[w] = zero
         for k in range(n):
-            bk, ck = Bt[j, k], Ct[j, k]
-            for w in range(LANES):
-                dyw = dyt[j, w]
-                gg = gk[k, w] + dyw * ck  # the adjoint of h_t
-                dCb[j, k, w] += dyw * hs[j + 1, k, w]
-                gda = gg * hs[j, k, w] * dec[j, k, w]  # through the decay exp(dt A_k)
+            ck = Ct[j, k]
+            for w in range(lanes):
+                gg = dec[j + 1, k, w] + dyt[j, w] * ck  # the adjoint of h_t
+                gs[j, k, w] = gg
+                dec[j, k, w] *= gg
+    for j in range(tn):
+        for w in range(lanes):
+            dtu[w] = dtt[j, w] * ut[j, w]
+        for k in range(n):
+            for w in range(lanes):
+                dCb[j, k, w] += dyt[j, w] * hs[j + 1, k, w]
+                dBb[j, k, w] += gs[j, k, w] * dtu[w]
+        for w in range(lanes):
+            gda_a[w] = zero
+            gB[w] = zero
+        for k in range(n):
+            for w in range(lanes):
+                gda = dec[j, k, w] * hs[j, k, w]  # through the decay exp(dt A_k): G_j dec_j h_{j-1}
                 dA[k, w] += gda * dtt[j, w]
                 gda_a[w] += gda * At[k, w]
-                gB[w] += gg * bk
-                dBb[j, k, w] += gg * dtu[w]
-                gk[k, w] = gg * dec[j, k, w]
-        for w in range(LANES):
-            dyw = dyt[j, w]
+        for k in range(n):
+            bk = Bt[j, k]
+            for w in range(lanes):
+                gB[w] += gs[j, k, w] * bk
+        for w in range(lanes):
             gdt = (gda_a[w] + gB[w] * ut[j, w]) * sgt[j, w]
             ddt[j, w] = gdt
+            db[w] += gdt
+        for w in range(lanes):
+            dyw = dyt[j, w]
             dut[j, w] = dyw * Dv[w] + gB[w] * dtt[j, w]
             dD[w] += dyw * ut[j, w]
-            db[w] += gdt
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -431,7 +461,8 @@ def _bwd_kernel(
         Bt = np.empty((CHUNK, n), u.dtype)
         Ct = np.empty((CHUNK, n), u.dtype)
         hs = np.empty((CHUNK + 1, n, LANES), u.dtype)  # hs[j + 1] = state after step t0 + j; hs[0] = checkpoint
-        dec = np.empty((CHUNK, n, LANES), u.dtype)
+        dec = np.empty((CHUNK + 1, n, LANES), u.dtype)  # decays; row tn: the adjoint carried in
+        gs = np.empty((CHUNK, n, LANES), u.dtype)
         dBb = np.empty((CHUNK, n, LANES), u.dtype)
         dCb = np.empty((CHUNK, n, LANES), u.dtype)
         h = np.empty((n, LANES), u.dtype)
@@ -458,7 +489,7 @@ def _bwd_kernel(
                 t0 = c * CHUNK
                 tn = min(CHUNK, l - t0)
                 ck[ib, c] = h
-                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, False, softplus, ut, dtt, sgt, zt, one)
+                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, False, softplus, False, ut, dtt, sgt, zt, one)
                 for k in range(n):
                     for j in range(tn):
                         Bt[j, k] = B[bi, gi, k, t0 + j]
@@ -479,7 +510,7 @@ def _bwd_kernel(
             for ib in range(nb):
                 d0 = gi * hpg + (blk0 + ib) * LANES
                 wn = min(LANES, hpg - (blk0 + ib) * LANES)
-                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, ut, dtt, sgt, zt, one)
+                _load_tile(bi, d0, wn, t0, tn, u, delta, bias, z, has_z, softplus, True, ut, dtt, sgt, zt, one)
                 for j in range(CHUNK):
                     for w in range(LANES):
                         dyt[j, w] = zero
@@ -491,10 +522,12 @@ def _bwd_kernel(
                 _bwd_recompute(tn, dtt, ut, zt, has_z, At[ib], Bt, Ct, Dv[ib], hs, dec, dtu, y, dyt, dut, one)
                 if has_z:
                     _store_tile(dut, dz, bi, d0, wn, t0, tn)
+                dec[tn] = gk[ib]
                 _bwd_adjoint(
-                    tn, dtt, ut, sgt, dyt, At[ib], Bt, Ct, Dv[ib], hs, dec, gk[ib], dAacc[ib], dDacc[ib], dbacc[ib],
+                    tn, dtt, ut, sgt, dyt, At[ib], Bt, Ct, Dv[ib], hs, dec, gs, dAacc[ib], dDacc[ib], dbacc[ib],
                     dBb, dCb, dtu, gB, gda_a, ddt, dut,
                 )  # fmt: skip
+                gk[ib] = dec[0]
                 _store_tile(dut, du, bi, d0, wn, t0, tn)
                 _store_tile(ddt, ddelta, bi, d0, wn, t0, tn)
             # The chunk's dB/dC of this task's channels, reduced across lanes.

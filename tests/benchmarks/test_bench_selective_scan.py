@@ -59,19 +59,19 @@ def _op_mix(steps, dt, A, B, h, y):  # pragma: no cover - numba
 _LIMIT: dict[str, float] = {}
 
 
-def limit_updates_per_s() -> float:
-    """Measured peak of the forward's op mix (see the module docstring), state updates per second on one core."""
-    if "fwd" not in _LIMIT:
+def limit_updates_per_s(n: int = DSTATE) -> float:
+    """Measured peak of the forward's op mix (see the module docstring) for state size n, updates/s on one core."""
+    if n not in _LIMIT:
         rng = np.random.default_rng(0)
         dt = (rng.random(LANES) * 0.1).astype(np.float32)
-        A = -rng.random((DSTATE, LANES)).astype(np.float32)
-        B = rng.standard_normal((64, DSTATE)).astype(np.float32)
-        h, y = np.zeros((DSTATE, LANES), np.float32), np.zeros(LANES, np.float32)
-        steps = 20000
+        A = -rng.random((n, LANES)).astype(np.float32)
+        B = rng.standard_normal((64, n)).astype(np.float32)
+        h, y = np.zeros((n, LANES), np.float32), np.zeros(LANES, np.float32)
+        steps = 20000 * DSTATE // n
         _op_mix(10, dt, A, B, h, y)
         best = min(_cpu_seconds(lambda: _op_mix(steps, dt, A, B, h, y)) for _ in range(5))
-        _LIMIT["fwd"] = steps * DSTATE * LANES / best
-    return _LIMIT["fwd"]
+        _LIMIT[n] = steps * n * LANES / best
+    return _LIMIT[n]
 
 
 def _cpu_seconds(fn) -> float:
@@ -85,28 +85,29 @@ def skip_materialising(impl: str, l: int) -> None:
         pytest.skip(f"{impl} materialises (b, d, l, n) tensors: compared up to l=4096")
 
 
-def record_rate(benchmark, l: int) -> None:
+def record_rate(benchmark, l: int, b: int = BATCH, d: int = DIM, n: int = DSTATE) -> None:
     """Achieved state updates per second per core beside the estimated limit, in the benchmark's extra_info."""
     threads = torch.get_num_threads()
-    rate = BATCH * DIM * l * DSTATE / benchmark.stats.stats.median / threads
+    rate = b * d * l * n / benchmark.stats.stats.median / threads
+    limit = limit_updates_per_s(n)
     benchmark.extra_info.update(
-        state_updates_per_s_per_core=rate,
-        limit_updates_per_s_per_core=limit_updates_per_s(),
-        fraction_of_limit=rate / limit_updates_per_s(),
+        state_updates_per_s_per_core=rate, limit_updates_per_s_per_core=limit, fraction_of_limit=rate / limit
     )
 
 
-def make_problem(l: int, requires_grad: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_problem(
+    l: int, requires_grad: bool, seed: int = 0, b: int = BATCH, d: int = DIM, n: int = DSTATE
+) -> dict[str, torch.Tensor]:
     """Inputs in mamba-ssm's layout: u, delta (b, d, l), A (d, n), B, C (b, n, l), D, delta_bias (d,)."""
     gen = torch.Generator().manual_seed(seed)
     x = {
-        "u": torch.randn(BATCH, DIM, l, generator=gen),
-        "delta": torch.randn(BATCH, DIM, l, generator=gen) * 0.5,
-        "A": -torch.exp(torch.log(torch.arange(1, DSTATE + 1, dtype=torch.float32)).repeat(DIM, 1)),  # S4D-real
-        "B": torch.randn(BATCH, DSTATE, l, generator=gen),
-        "C": torch.randn(BATCH, DSTATE, l, generator=gen),
-        "D": torch.ones(DIM),
-        "delta_bias": torch.rand(DIM, generator=gen) * -4.0,
+        "u": torch.randn(b, d, l, generator=gen),
+        "delta": torch.randn(b, d, l, generator=gen) * 0.5,
+        "A": -torch.exp(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1)),  # S4D-real
+        "B": torch.randn(b, n, l, generator=gen),
+        "C": torch.randn(b, n, l, generator=gen),
+        "D": torch.ones(d),
+        "delta_bias": torch.rand(d, generator=gen) * -4.0,
     }
     return {k: v.requires_grad_(requires_grad) for k, v in x.items()}
 
@@ -165,6 +166,21 @@ def test_forward_backward(benchmark, impl, l):
     fn = runner(impl, make_problem(l, requires_grad=True))
     benchmark.pedantic(lambda: fn().sum().backward(), rounds=5, iterations=1, warmup_rounds=1)
     record_rate(benchmark, l)
+
+
+# (b, d, l, n) of scans as AVS-Mamba's smoke training step calls them (K directions stacked along d).
+CALL_SHAPES = ((4, 512, 320, 8),)
+
+
+@pytest.mark.parametrize("shape", CALL_SHAPES, ids=lambda s: "b{}-d{}-l{}-n{}".format(*s))
+def test_forward_backward_call_shape(benchmark, shape):
+    """The cpu op at a call shape of the model, forward+backward, with its rate beside the limit for its n."""
+    b, d, l, n = shape
+    benchmark.group = "fwdbwd-call-shapes"
+    benchmark.extra_info.update(impl="cpu", b=b, d=d, n=n, l=l, dtype="float32", threads=torch.get_num_threads())
+    fn = runner("cpu", make_problem(l, requires_grad=True, b=b, d=d, n=n))
+    benchmark.pedantic(lambda: fn().sum().backward(), rounds=5, iterations=1, warmup_rounds=1)
+    record_rate(benchmark, l, b, d, n)
 
 
 _MEMORY_SCRIPT = textwrap.dedent(
