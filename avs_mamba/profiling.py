@@ -360,8 +360,11 @@ def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6)
 
 
-def _cpu_memory(model: nn.Module, inputs: Sequence[Tensor]) -> dict[str, Any]:
-    """Inference and training-step peaks in this process (the subprocess side of ``_memory_cpu``)."""
+def _cpu_memory(
+    model: nn.Module, inputs: Sequence[Tensor], report: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Inference and training-step peaks in this process (the subprocess side of ``_memory_cpu``); ``report``
+    receives the result so far after the inference phase (a training step that does not fit may end the process)."""
     result: dict[str, Any] = {"infer_mb": None, "train_mb": None, "method": None, "errors": []}
     tracker = PeakMemory("cpu")
     result["method"] = tracker.method
@@ -373,6 +376,8 @@ def _cpu_memory(model: nn.Module, inputs: Sequence[Tensor]) -> dict[str, Any]:
         result["infer_mb"] = tracker.peaks["infer"]
     except Exception as err:  # one failed measurement becomes an error string
         result["errors"].append(f"memory (inference): {type(err).__name__}: {err}")
+    if report is not None:
+        report(result)
     model.train()
     try:
         optimizer = _optimizer(model)
@@ -389,7 +394,11 @@ def _memory_child(model_path: str, batch: str, frames: str, image_size: str) -> 
     """Subprocess entry: load the pickled model, measure, print one JSON line."""
     model = torch.load(model_path, weights_only=False)
     inputs = make_inputs(int(batch), int(frames), int(image_size))
-    print(json.dumps(_cpu_memory(model, inputs)))
+
+    def report(result: dict[str, Any]) -> None:
+        print(json.dumps(result), flush=True)
+
+    print(json.dumps(_cpu_memory(model, inputs, report)))
 
 
 def _memory_cpu(model: nn.Module, batch: int, frames: int, image_size: int) -> dict[str, Any]:
@@ -405,10 +414,16 @@ def _memory_cpu(model: nn.Module, batch: int, frames: int, image_size: int) -> d
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"the memory subprocess ran past {MEMORY_TIMEOUT_S} s") from None
     lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    if not lines:
         tail = proc.stderr.strip().splitlines()[-3:]
         raise RuntimeError(f"the memory subprocess failed (exit {proc.returncode}): {' | '.join(tail)}")
     result = json.loads(lines[-1])
+    if proc.returncode != 0:  # ended during the training step: the inference peak it reported stands
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        killed = " (killed: out of memory?)" if proc.returncode == -9 else ""
+        detail = f": {tail}" if tail else ""
+        ended = f"the subprocess ended with exit {proc.returncode}{killed}{detail}"
+        result["errors"].append(f"memory (training step): {ended}")
     result["method"] = f"{result['method']}; {PROFILE_SCOPE}, in a fresh subprocess"
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,16 @@ def test_interleaved_latency_times_every_point_each_round():
     rows = _interleaved_latency(Recorder(), points, warmup=1, repeats=3, device=torch.device("cpu"))
     assert calls == [1, 2, 3, 1, 2, 3, 2, 3, 1, 3, 1, 2]
     assert [r["fps"] * r["latency_ms_median"] / 1e3 for r in rows] == pytest.approx([1, 2, 3])
+
+
+def test_training_step_killed_keeps_the_inference_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step that does not fit (the subprocess killed, as by the OOM killer) still reports the measured
+    inference peak, with the training step's error saying how the subprocess ended."""
+    from _memory_kill_model import KilledInTraining
+
+    from avs_mamba.profiling import _memory_cpu
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    result = _memory_cpu(KilledInTraining(), batch=1, frames=2, image_size=16)
+    assert result["infer_mb"] is not None and result["infer_mb"] >= 0 and result["train_mb"] is None
+    assert result["errors"] == [result["errors"][0]] and "exit -9 (killed: out of memory?)" in result["errors"][0]
