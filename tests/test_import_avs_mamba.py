@@ -105,7 +105,8 @@ def _a2v(rest: str) -> str:
 
 
 def official_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The official-format state dict of ``model`` (official shapes), plus the dead official keys it carries."""
+    """The official-format state dict of ``model`` (official shapes), plus the official keys it carries that the
+    importer must drop (dead parameters, aliases)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         name = _official_key(key)
@@ -115,6 +116,12 @@ def official_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], lis
             value = value.unsqueeze(1)  # Conv1d weight (d, 1, w)
         out[name] = value.clone()
     dead = {k.replace("self_attns.2.", "self_attns.3."): v.clone() for k, v in out.items() if "self_attns.2." in k}
+    # CompFormer registers its last MAD layer twice, also as ``mamba_decoder_block``
+    dead |= {
+        "mamba_decoder_block." + k[len("mamba_decoder.1.") :]: v
+        for k, v in out.items()
+        if k.startswith("mamba_decoder.1.")
+    }
     d = model.config.d_model
     for n in range(2):
         dead[f"mamba_encoder.{n}.mixffn.norm.weight"] = torch.ones(d)
