@@ -3,6 +3,22 @@
 The official-format state dicts here are written from a small project model by an inverse table spelled out in
 this file from the official module names (SitongGong/AVS-Mamba@e0489c94:model/compformer_ablation.py and the
 @91c4fc3a modules), independently of the importer's table, plus the official parameters the importer must drop.
+
+
+Official fixtures (``tests/data/official_checkpoints/``), produced once from the official code outside this repository
+(SitongGong/AVS-Mamba@e0489c94:model/compformer_ablation.py, modules @91c4fc3a, with mamba-ssm's and causal-conv1d's
+reference maths and a parameter-free stand-in for VGGish, whose source is not published):
+
+* ``avs_mamba_pvt_v2_b5_s4.txt``: keys and shapes of ``CompFormer(d_model=256, audio_dim=128, num_frame=5,
+  num_classes=1, scale_factor=4, use_vision_backbone='PVTv2', scan_order=8)`` with every module switch on (as the
+  official training commands set it); the VGGish keys are absent (stand-in).
+* ``avs_mamba_small_pvt.pth.xz``: the same ``CompFormer`` at ``d_model=32`` with the file's hard-coded parts rebuilt
+  from the same classes at small widths: the official ``PyramidVisionTransformerV2`` with this project's ``pvt_v2_tiny``
+  settings, ``input_proj`` from its channels 16/32/64/128, ``d_state=4`` in every SSM block (a constructor argument of
+  each), ``FFN(1, 16, 32, 3)`` and ``fc`` 32 -> 8 -> 4 -> 1. Random weights rounded to powers of two;
+  ``avs_mamba_small_pvt_io.pt``: 1 clip x 5 frames of 48x48, the 5 audio embeddings, and the official model's two
+  outputs (``logits`` from the last MAD layer's queries, ``aux_logits`` from the first), from a float64 run (the
+  official ``.float()`` casts before each scan widened to float64), stored as float32.
 """
 
 from __future__ import annotations
@@ -16,6 +32,7 @@ from typing import Any
 import pytest
 import torch
 from _engine_helpers import make_data
+from _import_helpers import meta_state, read_key_list, run_small
 
 from avs_mamba.cli import main
 from avs_mamba.importers import get_format
@@ -88,7 +105,8 @@ def _a2v(rest: str) -> str:
 
 
 def official_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The official-format state dict of ``model`` (official shapes), plus the dead official keys it carries."""
+    """The official-format state dict of ``model`` (official shapes), plus the official keys it carries that the
+    importer must drop (dead parameters, aliases)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         name = _official_key(key)
@@ -98,6 +116,12 @@ def official_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], lis
             value = value.unsqueeze(1)  # Conv1d weight (d, 1, w)
         out[name] = value.clone()
     dead = {k.replace("self_attns.2.", "self_attns.3."): v.clone() for k, v in out.items() if "self_attns.2." in k}
+    # CompFormer registers its last MAD layer twice, also as ``mamba_decoder_block``
+    dead |= {
+        "mamba_decoder_block." + k[len("mamba_decoder.1.") :]: v
+        for k, v in out.items()
+        if k.startswith("mamba_decoder.1.")
+    }
     d = model.config.d_model
     for n in range(2):
         dead[f"mamba_encoder.{n}.mixffn.norm.weight"] = torch.ones(d)
@@ -225,3 +249,85 @@ class TestBadInputs:
         torch.save(state, bad)
         code, err = self._run(imported, bad, capsys)
         assert code == 2 and err.count("\n") == 1 and str(bad) in err and "unknown keys (1): aux_fc.weight" in err
+
+
+OFFICIAL_KEYS = "avs_mamba_pvt_v2_b5_s4"
+
+
+def _dropped_by_the_official_model(key: str) -> bool:
+    """Official keys without a project counterpart (worked out from the official files by hand): the aliases of the
+    last MAD layer (``self.mamba_decoder_block``), res2's own CIP TMB (the forward runs res3's) and ``MixFFN.norm``."""
+    return key.startswith(("mamba_decoder_block.", "cmfpn.self_attns.3.")) or bool(
+        re.fullmatch(r"mamba_encoder\.\d\.mixffn\.norm\.(weight|bias)", key)
+    )
+
+
+class TestOfficialKeyList:
+    """The official state dict at paper size maps key by key, shape by shape, onto the project model."""
+
+    def test_every_key_mapped_or_dropped(self) -> None:
+        fmt = get_format("avs_mamba_official")
+        keys = read_key_list(OFFICIAL_KEYS)
+        assert len(keys) == 1611
+        state = meta_state(keys)
+        arch = fmt.architecture(state, "s4")
+        assert (arch["backbone"], arch["num_classes"], arch["d_model"], arch["d_state"]) == ("pvt_v2_b5", 1, 256, 16)
+        assert (arch["dt_rank"], arch["expand"], arch["head_hidden"], arch["head_chans"]) == (16, 2, 2048, [128, 32])
+        assert arch["mte"] == {"num_layers": 2, "ffn_ratio": 4, "tmb": True} and arch["mad"] == {"num_layers": 2}
+
+        mapped = fmt.map_state(state)
+        assert mapped.unknown == []
+        assert sorted(mapped.dropped) == sorted(k for k in keys if _dropped_by_the_official_model(k))
+        with torch.device("meta"):
+            model = create_model(fmt.model, **{**arch, "audio_pretrained": "none"})
+        expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+        # the pinned list has no VGGish (a stand-in without parameters replaced it); all else must match
+        audio = {k for k in expected if k.startswith("audio_encoder.")}
+        assert sorted(mapped.state) == sorted(set(expected) - audio), "missing or unexpected project keys"
+        assert [k for k, v in mapped.state.items() if list(v.shape) != expected[k]] == []
+        assert len(mapped.state) + len(mapped.dropped) == len(keys)
+
+    def test_dropped_counts(self) -> None:
+        """3 levels x 2 V2A blocks x 18 tensors of aliases, one Mamba3D layer (13 tensors), 2 MixFFN norms (4)."""
+        dropped = get_format("avs_mamba_official").map_state(meta_state(read_key_list(OFFICIAL_KEYS))).dropped
+        assert sum(k.startswith("mamba_decoder_block.") for k in dropped) == 3 * 2 * 18
+        assert sum(k.startswith("cmfpn.self_attns.3.") for k in dropped) == 13
+        assert len(dropped) == 108 + 13 + 4
+
+    def test_aliases_repeat_the_last_decoder_layer(self) -> None:
+        keys = read_key_list(OFFICIAL_KEYS)
+        aliases = [k for k in keys if k.startswith("mamba_decoder_block.")]
+        assert aliases and all(keys["mamba_decoder.1." + k.split(".", 1)[1]] == keys[k] for k in aliases)
+
+
+class TestOfficialOutput:
+    """The small official checkpoint, read through the format, gives the official model's outputs."""
+
+    def test_small_pvt_logits(self, tmp_path: Path) -> None:
+        out, io = run_small(get_format("avs_mamba_official"), "avs_mamba_small_pvt", "s4", tmp_path)
+        ref, aux = io["logits"].double(), io["aux_logits"].double()
+        assert out.logits.shape == ref.shape == (1, 5, 1, 48, 48) and len(out.aux) == 1
+        diff = (out.logits - ref).abs().max().item()
+        assert diff < 1e-5, f"max abs difference {diff:.3g} to the official output"
+        aux_diff = (out.aux[0] - aux).abs().max().item()
+        assert aux_diff < 1e-5, f"max abs difference {aux_diff:.3g} to the official first-layer output"
+        assert ref.std() > 0.5 and (ref - aux).abs().max() > 1  # non-degenerate, the two outputs differ
+
+    def test_res2_own_tmb_is_dead(self, tmp_path: Path) -> None:
+        """Changing ``cmfpn.self_attns.3`` (dropped) leaves the output as it is: the official forward never uses it."""
+
+        def bump(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v + 0.5 if k.startswith("cmfpn.self_attns.3.") else v for k, v in state.items()}
+
+        out, io = run_small(get_format("avs_mamba_official"), "avs_mamba_small_pvt", "s4", tmp_path, edit=bump)
+        assert (out.logits - io["logits"].double()).abs().max() < 1e-5
+
+    def test_swapped_cip_levels_change_the_output(self, tmp_path: Path) -> None:
+        """Control: the fixture tells the CIP's A2V levels apart (a table reading them in the wrong order is caught)."""
+
+        def swap(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            other = {"cmfpn.cross_attns.0.": "cmfpn.cross_attns.1.", "cmfpn.cross_attns.1.": "cmfpn.cross_attns.0."}
+            return {re.sub(r"^cmfpn\.cross_attns\.[01]\.", lambda m: other[m[0]], k): v for k, v in state.items()}
+
+        out, io = run_small(get_format("avs_mamba_official"), "avs_mamba_small_pvt", "s4", tmp_path, edit=swap)
+        assert (out.logits - io["logits"].double()).abs().max() > 1e-3

@@ -18,6 +18,10 @@ Index arithmetic follows the official module order:
   runs res2 with the res3 TMB (``self_attns.2``), so ``self_attns.3`` (res2's own TMB) is dead; the model is built
   with ``cip.res2_shares_res3_tmb = True`` and those keys are dropped by name.
 
+``CompFormer.__init__`` builds each MAD layer's list as the attribute ``self.mamba_decoder_block`` before appending it
+to ``mamba_decoder``, so the last layer's modules are registered twice and the state dict repeats
+``mamba_decoder.{last}.*`` as ``mamba_decoder_block.*`` (the same tensors); those aliases are dropped by name.
+
 Also dead in the official model, and dropped by name: each MTE layer's ``mixffn.norm`` (a LayerNorm that
 ``MixFFN.forward`` never calls; ``norm2`` is the one used) and torchvggish's PCA post-processor ``pproc``.
 """
@@ -130,8 +134,10 @@ RULES: tuple[tuple[str, str, Reshape], ...] = (
     (r"fc\.2\." + REST, "head.conv2.{rest}", None),
     (r"fc\.4\.weight", "head.classifier.weight", None),
 )
-# Official parameters the official forward never uses (see the module docstring).
+# Official keys without a project counterpart: aliases and parameters the official forward never uses (see the
+# module docstring).
 DEAD = (
+    r"mamba_decoder_block\.[0-9]+\.[01]\..+",
     r"cmfpn\.self_attns\.3\..+",
     r"mamba_encoder\.\d+\.mixffn\.norm\.(weight|bias)",
     r"audio_backbone\.pproc\..+",
