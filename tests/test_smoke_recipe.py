@@ -26,10 +26,12 @@ def _seed():
 
 
 def test_smoke_recipe_resolves_for_every_ablation():
-    """Every ablation inherits full.yaml's smoke block: large step, no frozen backbone, random-init tiny model."""
+    """Every ablation inherits full.yaml's smoke block: large step (half of it on S4), no frozen backbone, random-init
+    tiny model."""
     for path in sorted(ABLATIONS.glob("*.yaml")):
         cfg = load_config(path, size="smoke")
-        assert cfg.train.lr == pytest.approx(1e-3), path.name
+        assert cfg.data.task == "s4" and cfg.train.lr == pytest.approx(5e-4), path.name
+        assert load_config(path, ["data.task=ms3"], size="smoke").train.lr == pytest.approx(1e-3), path.name
         assert cfg.train.backbone_freeze_epochs == 0, path.name
         assert cfg.data.num_frames == 5, path.name  # S4 clips keep all five frames
         model = cfg.model.options
