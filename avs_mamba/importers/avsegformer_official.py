@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from avs_mamba.importers.base import MappedState
-from avs_mamba.importers.tpavi_official import (
+from avs_mamba.importers.rules import (
     Rule,
     apply_rules,
     b2_resnet_drop,
