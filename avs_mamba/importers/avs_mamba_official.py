@@ -35,22 +35,12 @@ from typing import Any
 import torch
 
 from avs_mamba.importers.base import MappedState
+from avs_mamba.importers.rules import backbone_architecture, check_signature, check_task_classes
 
 __all__ = ["FORMAT", "AVSMambaOfficial"]
 
 # Keys only an official CompFormer state dict has (checked before anything else is read).
 SIGNATURE = ("audio_proj.weight", "cmfpn.mask_features.weight", "fc.4.weight", "mlp.layers.0.weight")
-# PVT-v2 variants by (embed_dims, depths), as whai362/PVT@5a6b890:classification/pvt_v2.py defines them.
-PVT_VARIANTS: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {
-    ((32, 64, 160, 256), (2, 2, 2, 2)): "pvt_v2_b0",
-    ((64, 128, 320, 512), (2, 2, 2, 2)): "pvt_v2_b1",
-    ((64, 128, 320, 512), (3, 4, 6, 3)): "pvt_v2_b2",
-    ((64, 128, 320, 512), (3, 4, 18, 3)): "pvt_v2_b3",
-    ((64, 128, 320, 512), (3, 8, 27, 3)): "pvt_v2_b4",
-    ((64, 128, 320, 512), (3, 6, 40, 3)): "pvt_v2_b5",
-    ((16, 32, 64, 128), (1, 1, 1, 1)): "pvt_v2_tiny",  # the project's test size
-}
-TASK_CLASSES = {"s4": 1, "ms3": 1, "avss": 71}
 NUM_LEVELS = 3  # MAD levels: res3, res4, res5
 SCAN = r"(x_proj_weight|dt_projs_weight|dt_projs_bias|A_logs|Ds)"
 
@@ -160,23 +150,15 @@ class AVSMambaOfficial:
     external_prefixes: tuple[str, ...] = ()  # the official model holds its VGGish
 
     def architecture(self, state: Mapping[str, torch.Tensor], task: str) -> dict[str, Any]:
-        missing = [k for k in SIGNATURE if k not in state]
-        if missing:
-            raise ValueError(
-                f"not an official AVS-Mamba checkpoint (a CompFormer state dict of {self.source}): it lacks {missing}"
-            )
+        check_signature(
+            state, SIGNATURE, "AVS-Mamba", f"{self.source}, CompFormer",
+            {"tpavi_b": "tpavi_official", "head.transformer.": "avsegformer_official"},
+        )  # fmt: skip
         if "vision_backbone.conv1.weight" in state:
             raise ValueError("official AVS-Mamba checkpoints with the ResNet-50 backbone are not supported yet")
-        dims = tuple(int(state[f"vision_backbone.patch_embed{i}.proj.weight"].shape[0]) for i in range(1, 5))
-        depths = tuple(_count(state, rf"vision_backbone\.block{i}\.(\d+)\..+") for i in range(1, 5))
-        backbone = PVT_VARIANTS.get((dims, depths))
-        if backbone is None:
-            raise ValueError(f"unknown PVT-v2 backbone (embed dims {list(dims)}, depths {list(depths)})")
+        backbone = backbone_architecture(self.map_state(state).state, "backbone.", "this AVS-Mamba checkpoint")
         num_classes = int(state["fc.4.weight"].shape[0])
-        if num_classes != TASK_CLASSES[task]:
-            raise ValueError(
-                f"the checkpoint's head has {num_classes} classes, task {task} expects {TASK_CLASSES[task]}"
-            )
+        check_task_classes(num_classes, task, "this AVS-Mamba checkpoint")
         x_proj = state["mamba_encoder.0.mamba_block.x_proj_weight"]  # (K, dt_rank + 2 d_state, d_inner)
         dt_rank = int(state["mamba_encoder.0.mamba_block.dt_projs_weight"].shape[2])
         d_model = int(state["audio_proj.weight"].shape[0])

@@ -40,6 +40,7 @@ from avs_mamba.importers.rules import (
     b2_resnet_drop,
     b2_resnet_rules,
     backbone_architecture,
+    check_signature,
     check_task_classes,
 )
 
@@ -113,15 +114,8 @@ class AVSegFormerOfficial:
     external_prefixes: tuple[str, ...] = ()  # the official model holds its VGGish (``vggish.*``)
 
     def _check(self, state: Mapping[str, torch.Tensor]) -> None:
-        missing = [k for k in SIGNATURE if k not in state]
-        if missing:
-            hint = ""
-            if "output_conv.4.weight" in state and any(k.startswith("tpavi_b") for k in state):
-                hint = " It looks like a TPAVI checkpoint: use --from tpavi_official."
-            raise ValueError(
-                f"not an official AVSegFormer checkpoint ({SOURCE}, AVSegFormer with AVSegHead): expected keys "
-                f"{list(SIGNATURE)}, missing {missing}; its first keys are {list(state)[:4]}.{hint}"
-            )
+        source = f"{SOURCE}, AVSegFormer with AVSegHead"
+        check_signature(state, SIGNATURE, "AVSegFormer", source, {"tpavi_b": "tpavi_official"})
 
     def architecture(self, state: Mapping[str, torch.Tensor], task: str) -> dict[str, Any]:
         """Backbone (from its keys and shapes), widths, layer counts, queries, classes.

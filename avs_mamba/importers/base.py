@@ -59,5 +59,5 @@ class OfficialFormat(Protocol):
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
     """``state`` without ``prefix`` on its keys when every key has it (DataParallel / DDP checkpoints)."""
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)

@@ -16,7 +16,15 @@ import torch
 from avs_mamba.backbones import create_backbone, list_backbones
 from avs_mamba.importers.base import MappedState
 
-__all__ = ["Rule", "apply_rules", "b2_resnet_drop", "b2_resnet_rules", "backbone_architecture", "check_task_classes"]
+__all__ = [
+    "Rule",
+    "apply_rules",
+    "b2_resnet_drop",
+    "b2_resnet_rules",
+    "backbone_architecture",
+    "check_signature",
+    "check_task_classes",
+]
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,34 @@ def backbone_architecture(state: Mapping[str, torch.Tensor], prefix: str, what: 
     raise ValueError(
         f"{what}: its visual backbone ({len(found)} tensors) matches none of this project's backbones "
         f"{list_backbones()} key for key and shape; the official codes use PVT-v2-B5 or ResNet-50"
+    )
+
+
+def check_signature(
+    state: Mapping[str, torch.Tensor],
+    signature: Sequence[str],
+    name: str,
+    source: str,
+    others: Mapping[str, str] = {},
+) -> None:
+    """Stop unless ``state`` has every key of ``signature``: keys every checkpoint of ``name`` (by ``source``) has.
+
+    ``others`` maps a key prefix typical of another official format to its ``--from`` name, named as a hint.
+
+    Raises:
+        ValueError: a signature key is missing; the message names them, the file's first keys and the hint.
+    """
+    missing = [k for k in signature if k not in state]
+    if not missing:
+        return
+    hint = next(
+        (f" It looks like a {fmt} checkpoint: use --from {fmt}." for prefix, fmt in others.items()
+         if any(k.startswith(prefix) for k in state)),
+        "",
+    )  # fmt: skip
+    raise ValueError(
+        f"not an official {name} checkpoint ({source}): expected keys {list(signature)}, missing {missing}; "
+        f"its first keys are {list(state)[:4]}.{hint}"
     )
 
 

@@ -37,6 +37,7 @@ from avs_mamba.importers.rules import (
     b2_resnet_drop,
     b2_resnet_rules,
     backbone_architecture,
+    check_signature,
     check_task_classes,
 )
 
@@ -78,15 +79,9 @@ class TPAVIOfficial:
     external_prefixes = EXTERNAL_PREFIXES
 
     def _check(self, state: Mapping[str, torch.Tensor]) -> None:
-        missing = [k for k in SIGNATURE if k not in state]
-        if missing:
-            hint = ""
-            if any(k.startswith("head.transformer.") for k in state):
-                hint = " It looks like an AVSegFormer checkpoint: use --from avsegformer_official."
-            raise ValueError(
-                f"not an official TPAVI checkpoint ({SOURCE}, Pred_endecoder): expected keys {list(SIGNATURE)}, "
-                f"missing {missing}; its first keys are {list(state)[:4]}.{hint}"
-            )
+        check_signature(
+            state, SIGNATURE, "TPAVI", f"{SOURCE}, Pred_endecoder", {"head.transformer.": "avsegformer_official"}
+        )
 
     def architecture(self, state: Mapping[str, torch.Tensor], task: str) -> dict[str, Any]:
         """Backbone (from the backbone's keys and shapes), widths, TPAVI stages, audio bias, classes.
